@@ -1,0 +1,59 @@
+"""Adapter layers for every method of the MoRA paper. Imports torch (and safetensors) only.
+
+Each method lives in its own module and registers its config by name; importing this package
+imports every module in it, so a new method is one file here plus one YAML under conf/method/.
+"""
+
+import importlib
+import pkgutil
+
+from .config import (
+    DEFAULT_TARGETS,
+    AdapterConfig,
+    available_methods,
+    config_from_dict,
+    make_config,
+)
+from .inject import (
+    BudgetReport,
+    adapter_config,
+    adapter_layers,
+    apply_adapters,
+    budget_report,
+    load_adapter,
+    make_adapter,
+    merge_adapters,
+    merge_and_reinit,
+    merge_and_unload,
+    save_adapter,
+    unmerge_adapters,
+)
+from .layer import AdapterLayer
+from .optim import param_groups, reset_optimizer_state, restart_parameters
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = [
+    "DEFAULT_TARGETS",
+    "AdapterConfig",
+    "AdapterLayer",
+    "BudgetReport",
+    "adapter_config",
+    "adapter_layers",
+    "apply_adapters",
+    "available_methods",
+    "budget_report",
+    "config_from_dict",
+    "load_adapter",
+    "make_adapter",
+    "make_config",
+    "merge_adapters",
+    "merge_and_reinit",
+    "merge_and_unload",
+    "param_groups",
+    "reset_optimizer_state",
+    "restart_parameters",
+    "save_adapter",
+    "unmerge_adapters",
+]

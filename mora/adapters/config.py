@@ -1,0 +1,164 @@
+"""Method options as validated dataclasses, and the registry that maps a method name to them.
+
+Each method module registers its config class with `@register("name")`; nothing outside that module
+needs to know the method exists. Configs are plain data so that Hydra dicts and adapter checkpoints
+round-trip through `config_from_dict` / `AdapterConfig.to_dict`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+DEFAULT_TARGETS: tuple[str, ...] = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+)
+
+_REGISTRY: dict[str, type[AdapterConfig]] = {}
+
+
+def register(name: str):
+    """Class decorator: make a config class reachable by `method: name`."""
+
+    def wrap(cls: type[AdapterConfig]) -> type[AdapterConfig]:
+        if name in _REGISTRY:
+            raise RuntimeError(f"method {name!r} registered twice")
+        cls.method = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def available_methods() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def config_class(method: str) -> type[AdapterConfig]:
+    try:
+        return _REGISTRY[method]
+    except KeyError:
+        raise ValueError(
+            f"unknown method {method!r}; choose one of {available_methods()}"
+        ) from None
+
+
+@dataclass
+class AdapterConfig:
+    """Options every method shares. `r` fixes the parameter budget (d + k) * r of a layer."""
+
+    r: int = 8
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    trainable_modules: tuple[str, ...] = ()
+    dropout: float = 0.0
+    fp32: bool = False
+
+    method: ClassVar[str] = "?"
+    # The nn.Module class that wraps a targeted nn.Linear; None means "train the base in place".
+    layer_class: ClassVar[type | None] = None
+
+    def __post_init__(self) -> None:
+        self.target_modules = _as_tuple(self.target_modules, "target_modules")
+        self.trainable_modules = _as_tuple(self.trainable_modules, "trainable_modules")
+        self.validate()
+
+    def validate(self) -> None:
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
+            raise ValueError(f"{self.method}: r must be a positive integer, got {self.r!r}; set method.r >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"{self.method}: dropout must be in [0, 1), got {self.dropout!r}")
+        if self.layer_class is not None and not self.target_modules:
+            raise ValueError(f"{self.method}: target_modules is empty; name at least one module pattern")
+
+    def restart_options(self) -> RestartOptions | None:
+        """How this method restarts (merge-and-reinit); None for methods that never restart."""
+        return None
+
+    def lr_multipliers(self) -> dict[str, float]:
+        """Learning-rate factor per adapter parameter name (LoRA+ speeds up B); 1 for the rest."""
+        return {}
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"method": self.method}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+@dataclass
+class RestartOptions:
+    """ReLoRA-style restarts: merge every `merge_every` steps, reset optimizer state, re-warm the LR."""
+
+    merge_every: int = 2000
+    rewarm_steps: int = 50
+    optimizer_reset: str = "full"  # "full" zeroes the moments; "magnitude" keeps the largest fraction
+    optimizer_keep: float = 0.1
+
+    def restart_options(self) -> RestartOptions:
+        return self
+
+    def validate_restarts(self, method: str) -> None:
+        if self.merge_every <= 0:
+            raise ValueError(f"{method}: merge_every must be a positive number of steps, got {self.merge_every}")
+        if self.rewarm_steps < 0:
+            raise ValueError(f"{method}: rewarm_steps must be >= 0, got {self.rewarm_steps}")
+        if self.optimizer_reset not in ("full", "magnitude"):
+            raise ValueError(
+                f"{method}: optimizer_reset must be 'full' or 'magnitude', got {self.optimizer_reset!r}"
+            )
+        if not 0.0 <= self.optimizer_keep <= 1.0:
+            raise ValueError(f"{method}: optimizer_keep must be in [0, 1], got {self.optimizer_keep}")
+
+
+def _as_tuple(value: Any, name: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    try:
+        items = tuple(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a list of module-name patterns, got {value!r}") from None
+    if not all(isinstance(v, str) for v in items):
+        raise ValueError(f"{name} must hold strings, got {items!r}")
+    return items
+
+
+def config_from_dict(options: dict[str, Any] | AdapterConfig) -> AdapterConfig:
+    """Build a validated config from `{"method": ..., **options}` (a Hydra node or a checkpoint's JSON)."""
+    if isinstance(options, AdapterConfig):
+        return options
+    opts = dict(options)
+    for key in ("_target_", "name"):
+        opts.pop(key, None)
+    method = opts.pop("method", None)
+    if method is None:
+        raise ValueError(f"method config has no 'method' key; choose one of {available_methods()}")
+    cls = config_class(method)
+    allowed = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(opts) - allowed)
+    if unknown:
+        raise ValueError(f"{method}: unknown option(s) {unknown}; allowed: {sorted(allowed)}")
+    return cls(**opts)
+
+
+def make_config(method: str, r: int, **options: Any) -> AdapterConfig:
+    return config_from_dict({"method": method, "r": r, **options})
+
+
+__all__ = [
+    "DEFAULT_TARGETS",
+    "AdapterConfig",
+    "RestartOptions",
+    "available_methods",
+    "config_class",
+    "config_from_dict",
+    "make_config",
+    "register",
+]

@@ -1,0 +1,104 @@
+"""The shared shape of every adapter layer: a frozen nn.Linear plus a trainable update ΔW.
+
+Subclasses implement `delta` (the adapter's output for an input) and `delta_weight` (the same map as a
+dense (d, k) matrix, Eq. 3 of the paper); merging, unmerging and dtype handling live here once.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from ..kernels import fast_forward
+from .config import AdapterConfig
+
+
+class AdapterLayer(nn.Module):
+    """`forward(x) = base(x) + ΔW dropout(x)` until merged; after `merge()` the base alone carries ΔW."""
+
+    def __init__(self, base: nn.Linear, config: AdapterConfig):
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"{config.method} wraps nn.Linear layers, got {type(base).__name__}")
+        self.base = base
+        self.config = config
+        self.in_features = base.in_features
+        self.out_features = base.out_features
+        self.merged = False
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        base.requires_grad_(False)
+
+    # -- what a method provides ------------------------------------------------------------------
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        """ΔW x for x already in the adapter dtype (dropout applied by the caller)."""
+        raise NotImplementedError
+
+    def delta_weight(self) -> torch.Tensor:
+        """Dense ΔW of shape (out_features, in_features), in the adapter's dtype."""
+        raise NotImplementedError
+
+    def reset_adapter(self) -> None:
+        """(Re)initialise the trainable tensors so that ΔW = 0."""
+        raise NotImplementedError
+
+    def restart_parameters(self) -> list[nn.Parameter]:
+        """Parameters re-initialised by `merge_and_reinit` (their optimizer state is reset too)."""
+        return []
+
+    def merge_and_reinit(self) -> None:
+        raise ValueError(
+            f"{self.config.method} has no merge-and-reinit restart; use relora or remora for restarts"
+        )
+
+    # -- shared behaviour ------------------------------------------------------------------------
+    def new_parameter(self, *shape: int) -> nn.Parameter:
+        """An uninitialised parameter on the base's device, in the adapter dtype."""
+        return nn.Parameter(torch.empty(*shape, device=self.base.weight.device, dtype=self.adapter_dtype))
+
+    @property
+    def adapter_dtype(self) -> torch.dtype:
+        return torch.float32 if self.config.fp32 else self.base.weight.dtype
+
+    def adapter_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        for name, param in self.named_parameters():
+            if not name.startswith("base."):
+                yield name, param
+
+    # None: use mora.kernels' fused training path when it supports the call (CUDA input, see
+    # mora/kernels/dispatch.py), else the reference `adapted_forward`; False: always the reference.
+    fast_path: bool | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merged:
+            return self.base(x)
+        if self.fast_path is not False:
+            out = fast_forward(self, x)
+            if out is not None:
+                return out
+        return self.adapted_forward(x)
+
+    def adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        update = self.delta(self.dropout(x.to(self.adapter_dtype)))
+        return out + update.to(out.dtype)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if self.merged:
+            return
+        weight = self.base.weight
+        weight.add_(self.delta_weight().to(weight.dtype))
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if not self.merged:
+            return
+        weight = self.base.weight
+        weight.sub_(self.delta_weight().to(weight.dtype))
+        self.merged = False
+
+    def extra_repr(self) -> str:
+        return f"method={self.config.method}, in={self.in_features}, out={self.out_features}, merged={self.merged}"

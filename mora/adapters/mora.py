@@ -1,0 +1,365 @@
+"""MoRA: one square trainable matrix M (r̂ x r̂) between a non-parametric compression and decompression.
+
+`y = W0 x + f_decomp(M f_comp(dropout(x)))`, M = 0 at init, no scaling. The budget matches LoRA's:
+r̂ = round_half_up(sqrt((d + k) r)), rounded down to even for the rotation kind.
+
+Kinds (the authors' `mora_type` numbers are accepted as aliases):
+  sharing    1  modulo compress (wrap-padded, sum of every r̂-th feature), tiling decompress   (Eq. 6)
+  sharing    2  contiguous compress, contiguous decompress
+  sharing    3  contiguous compress, tiling decompress
+  sharing    4  modulo compress, contiguous decompress
+  rotation   6  blocks of r̂ inputs, block b rotated RoPE-style by b * theta, shared M  (Eq. 9)
+  decouple   -  rotation without the rotation (Eq. 8)
+  truncation -  the first r̂ inputs in, M into the first r̂ outputs  (Eq. 4)
+ReMoRA adds merge-and-reinit restarts that move to the next sharing grouping after each merge.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .config import AdapterConfig, RestartOptions, register
+from .layer import AdapterLayer
+
+KINDS = ("sharing", "rotation", "decouple", "truncation")
+TYPE_ALIASES = {1: "sharing", 2: "sharing", 3: "sharing", 4: "sharing", 6: "rotation"}
+# sharing type -> (compression, decompression)
+SHARING_GROUPINGS = {
+    1: ("modulo", "tile"),
+    2: ("contiguous", "contiguous"),
+    3: ("contiguous", "tile"),
+    4: ("modulo", "contiguous"),
+}
+OVERFLOWS = ("truncate", "fold")
+ROPE_BASE = 10000.0
+
+
+def mora_rank(out_features: int, in_features: int, r: int, even: bool = False) -> int:
+    """r̂ such that r̂² ≈ (d + k) r, rounded half up; the rotation kind needs it even."""
+    r_hat = int(math.sqrt((out_features + in_features) * r) + 0.5)
+    return r_hat - r_hat % 2 if even else r_hat
+
+
+@register("mora")
+@dataclass
+class MoRAConfig(AdapterConfig):
+    kind: str | None = None  # default: sharing (type 1)
+    mora_type: int | None = None
+    # rotation/decouple when the blocks yield more than d outputs: "truncate" (the authors' code: inputs
+    # past about d get no update) or "fold" (sum the extra output blocks back into the first d).
+    overflow: str = "truncate"
+
+    def __post_init__(self) -> None:
+        self._resolve_kind()
+        super().__post_init__()
+
+    def _resolve_kind(self) -> None:
+        if self.mora_type is not None:
+            if self.mora_type not in TYPE_ALIASES:
+                raise ValueError(
+                    f"{self.method}: mora_type must be one of {sorted(TYPE_ALIASES)}, got {self.mora_type!r}"
+                )
+            alias = TYPE_ALIASES[self.mora_type]
+            if self.kind is not None and self.kind != alias:
+                raise ValueError(
+                    f"{self.method}: kind={self.kind!r} contradicts mora_type={self.mora_type} ({alias}); set one"
+                )
+            self.kind = alias
+        if self.kind is None:
+            self.kind = "sharing"
+        if self.kind not in KINDS:
+            raise ValueError(f"{self.method}: unknown kind {self.kind!r}; choose one of {KINDS} (or mora_type 1-4, 6)")
+        if self.mora_type is None:
+            self.mora_type = {"sharing": 1, "rotation": 6}.get(self.kind)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.overflow not in OVERFLOWS:
+            raise ValueError(f"{self.method}: overflow must be one of {OVERFLOWS}, got {self.overflow!r}")
+
+    def sharing_types(self) -> tuple[int, ...]:
+        """Every sharing type this layer may use over its life (one, unless restarts cycle them)."""
+        return (self.mora_type,) if self.kind == "sharing" else ()
+
+    def sharing_type_after(self, restarts: int) -> int | None:
+        return self.mora_type
+
+
+@register("remora")
+@dataclass
+class ReMoRAConfig(RestartOptions, MoRAConfig):
+    """ReMoRA: MoRA + merge-and-reinit; after each merge the sharing grouping moves along `cycle`
+    (the authors' default 1 -> 2 -> 3 -> 4 -> 1; the paper's appendix uses two groupings, e.g. [1, 2])."""
+
+    cycle: tuple[int, ...] = (1, 2, 3, 4)
+
+    def validate(self) -> None:
+        MoRAConfig.validate(self)
+        self.validate_restarts(self.method)
+        if self.kind != "sharing":
+            raise ValueError(
+                f"remora: kind={self.kind!r} has no grouping to change after a merge; use kind=sharing "
+                f"(mora_type 1-4), or mora for {self.kind} without restarts"
+            )
+        self.cycle = tuple(int(t) for t in self.cycle)
+        if not self.cycle or any(t not in SHARING_GROUPINGS for t in self.cycle):
+            raise ValueError(f"remora: cycle must list sharing types from {sorted(SHARING_GROUPINGS)}, got {self.cycle}")
+        if self.mora_type not in self.cycle:
+            raise ValueError(f"remora: the starting mora_type {self.mora_type} is not in cycle {self.cycle}")
+
+    def sharing_types(self) -> tuple[int, ...]:
+        return self.cycle
+
+    def sharing_type_after(self, restarts: int) -> int:
+        start = self.cycle.index(self.mora_type)
+        return self.cycle[(start + restarts) % len(self.cycle)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Index arithmetic shared by the forward maps (reshapes) and the dense ΔW (gathers)
+
+
+def _wrap_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Pad the last dim by repeating its first `pad` entries, as the authors' code does."""
+    return torch.cat([x, x[..., :pad]], dim=-1) if pad else x
+
+
+def _contiguous_sizes(n: int, groups: int) -> tuple[int, int]:
+    """n items in `groups` runs: the first `m` runs hold `q + 1` items, the rest `q`."""
+    q, m = divmod(n, groups)
+    return q, m
+
+
+def _contiguous_index(n: int, groups: int, device) -> torch.Tensor:
+    """Group of each of n items under the contiguous split."""
+    q, m = _contiguous_sizes(n, groups)
+    counts = torch.full((groups,), q, dtype=torch.long, device=device)
+    counts[:m] += 1
+    return torch.repeat_interleave(torch.arange(groups, device=device), counts)
+
+
+def _contiguous_sum(x: torch.Tensor, groups: int) -> torch.Tensor:
+    q, m = _contiguous_sizes(x.shape[-1], groups)
+    cut = m * (q + 1)
+    head = x[..., :cut].unflatten(-1, (m, q + 1)).sum(-1)
+    tail = x[..., cut:].unflatten(-1, (groups - m, q)).sum(-1)
+    return torch.cat([head, tail], dim=-1)
+
+
+def _contiguous_repeat(y: torch.Tensor, n: int) -> torch.Tensor:
+    groups = y.shape[-1]
+    q, m = _contiguous_sizes(n, groups)
+    head = y[..., :m].unsqueeze(-1).expand(*y.shape[:-1], m, q + 1).flatten(-2)
+    tail = y[..., m:].unsqueeze(-1).expand(*y.shape[:-1], groups - m, q).flatten(-2)
+    return torch.cat([head, tail], dim=-1)
+
+
+def _tile(y: torch.Tensor, n: int) -> torch.Tensor:
+    reps = -(-n // y.shape[-1])
+    return y.repeat(*([1] * (y.dim() - 1)), reps)[..., :n]
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+class MoRALayer(AdapterLayer):
+    def __init__(self, base: nn.Linear, config: MoRAConfig):
+        super().__init__(base, config)
+        d, k = self.out_features, self.in_features
+        self.r_hat = r_hat = mora_rank(d, k, config.r, even=config.kind == "rotation")
+        if r_hat < 1 or (config.kind == "rotation" and r_hat < 2):
+            raise ValueError(f"{config.method}: r={config.r} gives r̂={r_hat} on a {d}x{k} layer; raise r")
+        self.pad = (r_hat - k % r_hat) % r_hat
+        needs_pad = config.kind in ("rotation", "decouple") or any(
+            SHARING_GROUPINGS[t][0] == "modulo" for t in config.sharing_types()
+        )
+        if needs_pad and self.pad > k:
+            raise ValueError(
+                f"{config.method}: wrap padding needs {self.pad} extra inputs but the layer has only {k} "
+                f"(r̂={r_hat} from r={config.r} on {d}x{k}); lower r, or use kind=truncation or a contiguous "
+                f"sharing type (mora_type 2 or 3)"
+            )
+        self.n_blocks = (k + self.pad) // r_hat
+        self.mora_M = self.new_parameter(r_hat, r_hat)
+        self._rope_tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        if config.restart_options() is not None:
+            self.register_buffer("restarts", torch.zeros((), dtype=torch.long, device=base.weight.device))
+        self._set_grouping(config.sharing_type_after(0))
+        self.reset_adapter()
+
+    # -- grouping state ------------------------------------------------------------------------
+    def _set_grouping(self, sharing_type: int | None) -> None:
+        self.sharing_type = sharing_type
+        kind = self.config.kind
+        if kind == "sharing":
+            compress, decompress = SHARING_GROUPINGS[sharing_type]
+            self._compress: Callable = self._modulo_compress if compress == "modulo" else self._contiguous_compress
+            self._decompress: Callable = self._tile_out if decompress == "tile" else self._contiguous_out
+            self._delta_fn = self._sharing_delta
+        elif kind in ("rotation", "decouple"):
+            self._delta_fn = self._block_delta
+        else:
+            self._delta_fn = self._truncation_delta
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if "restarts" in self._buffers:
+            self._set_grouping(self.config.sharing_type_after(int(self.restarts)))
+
+    @torch.no_grad()
+    def reset_adapter(self) -> None:
+        self.mora_M.zero_()
+
+    def restart_parameters(self) -> list[nn.Parameter]:
+        return [self.mora_M]
+
+    @torch.no_grad()
+    def merge_and_reinit(self) -> None:
+        """ReMoRA restart: W0 += ΔW, M = 0 in place, next sharing grouping."""
+        if "restarts" not in self._buffers:
+            raise ValueError(f"{self.config.method} has no merge-and-reinit restart; use remora")
+        if self.merged:
+            raise RuntimeError("merge_and_reinit on a merged layer; unmerge it first")
+        self.base.weight.add_(self.delta_weight().to(self.base.weight.dtype))
+        self.reset_adapter()
+        self.restarts += 1
+        self._set_grouping(self.config.sharing_type_after(int(self.restarts)))
+
+    # -- forward maps ----------------------------------------------------------------------------
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        return self._delta_fn(x)
+
+    def _modulo_compress(self, x: torch.Tensor) -> torch.Tensor:
+        return _wrap_pad(x, self.pad).unflatten(-1, (self.n_blocks, self.r_hat)).sum(-2)
+
+    def _contiguous_compress(self, x: torch.Tensor) -> torch.Tensor:
+        return _contiguous_sum(x, self.r_hat)
+
+    def _tile_out(self, y: torch.Tensor) -> torch.Tensor:
+        return _tile(y, self.out_features)
+
+    def _contiguous_out(self, y: torch.Tensor) -> torch.Tensor:
+        return _contiguous_repeat(y, self.out_features)
+
+    def _sharing_delta(self, x: torch.Tensor) -> torch.Tensor:
+        return self._decompress(self._compress(x) @ self.mora_M.t())
+
+    def _block_delta(self, x: torch.Tensor) -> torch.Tensor:
+        blocks = _wrap_pad(x, self.pad).unflatten(-1, (self.n_blocks, self.r_hat))
+        if self.config.kind == "rotation":
+            cos, sin = self._rope(x.device, x.dtype)
+            blocks = blocks * cos + _rotate_half(blocks) * sin
+        flat = (blocks @ self.mora_M.t()).flatten(-2)
+        return self._fit_outputs(flat)
+
+    def _fit_outputs(self, flat: torch.Tensor) -> torch.Tensor:
+        d, n = self.out_features, flat.shape[-1]
+        if n < d:
+            return _tile(flat, d)
+        if self.config.overflow == "truncate" or n == d:
+            return flat[..., :d]
+        folds = -(-n // d)
+        padded = torch.nn.functional.pad(flat, (0, folds * d - n))
+        return padded.unflatten(-1, (folds, d)).sum(-2)
+
+    def _truncation_delta(self, x: torch.Tensor) -> torch.Tensor:
+        r_hat, d, k = self.r_hat, self.out_features, self.in_features
+        z = x[..., :r_hat]
+        if k < r_hat:
+            z = torch.nn.functional.pad(z, (0, r_hat - k))
+        y = z @ self.mora_M.t()
+        return y[..., :d] if d <= r_hat else torch.nn.functional.pad(y, (0, d - r_hat))
+
+    def _rope(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin per (block, feature), computed in float64 once per device and dtype."""
+        key = (device, dtype)
+        if key not in self._rope_tables:
+            half = self.r_hat // 2
+            inv_freq = ROPE_BASE ** (-torch.arange(half, dtype=torch.float64) * 2 / self.r_hat)
+            angles = torch.outer(torch.arange(self.n_blocks, dtype=torch.float64), inv_freq)
+            angles = torch.cat([angles, angles], dim=-1)
+            self._rope_tables[key] = (angles.cos().to(device, dtype), angles.sin().to(device, dtype))
+        return self._rope_tables[key]
+
+    # -- dense ΔW (gathers, no loop over features) -------------------------------------------------
+    def delta_weight(self) -> torch.Tensor:
+        kind = self.config.kind
+        if kind == "sharing":
+            padded = self._sharing_weight()
+        elif kind == "truncation":
+            return self._truncation_weight()
+        else:
+            padded = self._block_weight()
+        return self._fold_pad_columns(padded)
+
+    def _fold_pad_columns(self, padded: torch.Tensor) -> torch.Tensor:
+        """Columns k..k+pad act on the wrapped copies of inputs 0..pad: add them back to their sources."""
+        k = self.in_features
+        if padded.shape[1] == k:
+            return padded
+        weight = padded[:, :k].clone()
+        weight[:, : self.pad] += padded[:, k:]
+        return weight
+
+    def _sharing_weight(self) -> torch.Tensor:
+        M, device = self.mora_M, self.mora_M.device
+        compress, decompress = SHARING_GROUPINGS[self.sharing_type]
+        if compress == "modulo":
+            cols = torch.arange(self.in_features + self.pad, device=device) % self.r_hat
+        else:
+            cols = _contiguous_index(self.in_features, self.r_hat, device)
+        if decompress == "tile":
+            rows = torch.arange(self.out_features, device=device) % self.r_hat
+        else:
+            rows = _contiguous_index(self.out_features, self.r_hat, device)
+        return M[rows.unsqueeze(1), cols.unsqueeze(0)]
+
+    def _block_matrices(self) -> torch.Tensor:
+        """(n_blocks, r̂, r̂): the map from block b's inputs to its outputs, M R_b (rotation) or M."""
+        M = self.mora_M
+        if self.config.kind == "decouple":
+            return M.unsqueeze(0).expand(self.n_blocks, -1, -1)
+        cos, sin = self._rope(M.device, M.dtype)
+        # M R_b = M diag(cos_b) + M diag(sin_b) Rh, where (A Rh) = [A[:, h:], -A[:, :h]] for rotate-half Rh.
+        scaled = M.unsqueeze(0) * sin.unsqueeze(1)
+        half = self.r_hat // 2
+        return M.unsqueeze(0) * cos.unsqueeze(1) + torch.cat([scaled[..., half:], -scaled[..., :half]], dim=-1)
+
+    def _block_weight(self) -> torch.Tensor:
+        r_hat, nb, d = self.r_hat, self.n_blocks, self.out_features
+        n_flat = nb * r_hat
+        device = self.mora_M.device
+        blocks = self._block_matrices()
+        fold = self.config.overflow == "fold" and n_flat > d
+        flat_rows = torch.arange(n_flat if fold else d, device=device)
+        if not fold:
+            flat_rows = flat_rows % n_flat  # truncation keeps the first d; tiling wraps around
+        which_block, row_in_block = flat_rows // r_hat, flat_rows % r_hat
+        dense = blocks.new_zeros(flat_rows.numel(), nb, r_hat)
+        dense[torch.arange(flat_rows.numel(), device=device), which_block] = blocks[which_block, row_in_block]
+        dense = dense.flatten(1)
+        if fold:
+            dense = dense.new_zeros(d, n_flat).index_add_(0, flat_rows % d, dense)
+        return dense
+
+    def _truncation_weight(self) -> torch.Tensor:
+        d, k, r_hat = self.out_features, self.in_features, self.r_hat
+        weight = self.mora_M.new_zeros(d, k)
+        rows, cols = min(d, r_hat), min(k, r_hat)
+        weight[:rows, :cols] = self.mora_M[:rows, :cols]
+        return weight
+
+    def extra_repr(self) -> str:
+        grouping = f", type={self.sharing_type}" if self.sharing_type is not None else ""
+        return f"{super().extra_repr()}, kind={self.config.kind}{grouping}, r_hat={self.r_hat}"
+
+
+MoRAConfig.layer_class = MoRALayer
+ReMoRAConfig.layer_class = MoRALayer

@@ -1,0 +1,1 @@
+"""Metrics computed on a trained model: UUID character accuracy (more evaluators join per task)."""

@@ -1,0 +1,145 @@
+"""Fused LoRA and DoRA training paths (custom autograd Functions over cuBLAS GEMMs).
+
+LoRA, `y = x W0^T + b + s (x A^T) B^T`:
+  forward   u = x A^T (one pass over x); E = u (sB)^T; y = E.addmm_(x, W0^T) (cuBLAS accumulates the
+            frozen GEMM onto E, no separate add pass). Saves x (only if A trains), u (M x r).
+  backward  gu = s gy B; gB = s gy^T u; gA = gu^T x; gx = (gu A).addmm_(gy, W0).
+DoRA, `y = g * (x W0^T + s (x A^T) B^T) + b`, `g = m / ||W0 + s B A||_row` (norm detached):
+  the row norm comes from ||W0||^2 (cached while W0 is unchanged), W0 A^T (d x r) and A A^T (r x r),
+  never from a dense W0 + s B A; backward gets dL/dm from the saved output (y / m = pre-scale / norm).
+
+The plain-torch twins these are tested against are the layers' reference paths
+(`LoRALayer.adapted_forward`, `DoRALayer.adapted_forward`): tests/test_kernels.py and
+bench/check_fast.py compare outputs and every gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .common import acc_dtype, finish, finish_grad, functional, lowrank
+
+
+class LoRAFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x2, weight, bias, A, B, scaling, flags):
+        need_x, need_A, need_B = flags
+        u = x2 @ A.t()
+        Bs = B * scaling
+        if functional():
+            y = F.linear(x2, weight, bias) + lowrank(u, Bs.t())
+        else:
+            y = finish(torch.mm(u, Bs.t()), x2, weight, bias)
+        ctx.scaling = scaling
+        ctx.flags = flags
+        ctx.save_for_backward(x2 if need_A else None, weight, A, B, u if need_B else None)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x2, weight, A, B, u = ctx.saved_tensors
+        need_x, need_A, need_B = ctx.flags
+        gx, gA, gB = _lora_backward(gy, x2, weight, A, B, u, ctx.scaling, need_x, need_A, need_B)
+        return gx, None, None, gA, gB, None, None
+
+
+def _lora_backward(gy, x2, weight, A, B, u, scaling, need_x, need_A, need_B):
+    gx = gA = gB = None
+    if need_x or need_A:
+        gu = (gy @ B) * scaling
+        if need_A:
+            gA = gu.t() @ x2
+        if need_x:
+            if functional():
+                gx = gy @ weight + lowrank(gu, A)
+            else:
+                gx = finish_grad(torch.mm(gu, A), gy, weight)
+    if need_B:
+        gB = (gy.t() @ u) * scaling
+    return gx, gA, gB
+
+
+def lora_forward(layer, x: torch.Tensor) -> torch.Tensor:
+    base = layer.base
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, layer.in_features)
+    A, B = layer.lora_A, layer.lora_B
+    flags = (x.requires_grad, A.requires_grad, B.requires_grad)
+    y = LoRAFunction.apply(x2, base.weight, base.bias, A, B, float(layer.scaling), flags)
+    return y.view(*lead, layer.out_features)
+
+
+# -- DoRA ------------------------------------------------------------------------------------------
+
+
+def _weight_sq_norms(layer) -> torch.Tensor:
+    """||W0||^2 per output row in fp32; cached (eager only) until W0 is modified in place or replaced."""
+    weight = layer.base.weight
+    if functional():
+        return torch.linalg.vector_norm(weight, dim=1, dtype=acc_dtype(weight)).square()
+    key = (weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape), weight.device)
+    cached = layer.__dict__.get("_fast_w_sq")
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            value = torch.linalg.vector_norm(weight, dim=1, dtype=acc_dtype(weight)).square()
+        layer.__dict__["_fast_w_sq"] = cached = (key, value)
+    return cached[1]
+
+
+@torch.no_grad()
+def dora_row_norm(layer) -> torch.Tensor:
+    """||W0 + s B A|| per output row (fp32, detached) without forming the dense (d, k) sum:
+    ||w0||^2 + 2 s <W0 A^T, B>_row + s^2 <B (A A^T), B>_row."""
+    weight, A, B, s = layer.base.weight, layer.lora_A, layer.lora_B, float(layer.scaling)
+    w_sq = _weight_sq_norms(layer)
+    acc = acc_dtype(weight)
+    wa = (weight @ A.t()).to(acc)
+    bs = B.to(acc) * s
+    a32 = A.to(acc)
+    gram = a32 @ a32.t()
+    sq = w_sq + 2.0 * (wa * bs).sum(1) + ((bs @ gram) * bs).sum(1)
+    return sq.clamp_min(0.0).sqrt()
+
+
+class DoRAFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x2, weight, bias, A, B, m, norm, scaling, flags):
+        need_x, need_A, need_B, need_m = flags
+        g = m.to(norm.dtype) / norm
+        u = x2 @ A.t()
+        Bs = B * scaling
+        if functional():
+            y = ((F.linear(x2, weight) + lowrank(u, Bs.t())) * g).to(x2.dtype)
+        else:
+            y = finish(torch.mm(u, Bs.t()), x2, weight, None)
+            y.mul_(g)
+        ctx.scaling = scaling
+        ctx.flags = flags
+        ctx.save_for_backward(
+            x2 if need_A else None, weight, A, B, u if need_B else None, g, m, y if need_m else None
+        )
+        return y if bias is None else y + bias
+
+    @staticmethod
+    def backward(ctx, gy):
+        x2, weight, A, B, u, g, m, y = ctx.saved_tensors
+        need_x, need_A, need_B, need_m = ctx.flags
+        gm = None
+        if need_m:
+            # d y / d m = pre-scale output / norm = y / m.
+            gm = ((gy * y).sum(0, dtype=acc_dtype(gy)) / m.to(acc_dtype(gy))).to(m.dtype)
+        gyg = (gy * g).to(gy.dtype)
+        gx, gA, gB = _lora_backward(gyg, x2, weight, A, B, u, ctx.scaling, need_x, need_A, need_B)
+        return gx, None, None, gA, gB, gm, None, None, None
+
+
+def dora_forward(layer, x: torch.Tensor) -> torch.Tensor:
+    base = layer.base
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, layer.in_features)
+    A, B, m = layer.lora_A, layer.lora_B, layer.dora_magnitude
+    norm = dora_row_norm(layer)
+    flags = (x.requires_grad, A.requires_grad, B.requires_grad, m.requires_grad)
+    y = DoRAFunction.apply(x2, base.weight, base.bias, A, B, m, norm, float(layer.scaling), flags)
+    return y.view(*lead, layer.out_features)

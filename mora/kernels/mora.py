@@ -1,0 +1,411 @@
+"""Fused MoRA training paths: sharing (types 1-4), rotation / decouple (blocks), truncation.
+
+What the reference path (`MoRALayer.delta` under autograd) spends, and what these do instead:
+
+* sharing: the reference copies x to wrap-pad it (`cat`), materialises the tiled output, adds it in a
+  separate pass and lets autograd save/undo each step. Here: compress x straight from views of it
+  (one read, fp32 sums), the r̂ x r̂ GEMM on zero-padded aligned operands (r̂ = 348 or 1966 is not a
+  multiple of 8, which cuBLAS runs on slow paths), decompress written into a fresh buffer on which the
+  frozen GEMM accumulates. Only z = f_comp(x) (M x r̂) is saved, never x.
+* rotation / decouple: the reference rotates a wrap-padded copy of x (two passes plus a copy) and
+  truncates the flat result. Here the rotation is folded into per-block matrices W_b = M R_b (tiny:
+  blocks x r̂ x r̂), one strided-batched GEMM reads the blocks of x in place, blocks whose outputs the
+  truncation drops are never computed; the backward returns the small per-block products
+  G_b = gflat_b^T x_b and autograd folds them back through W_b = M R_b: grad_M = sum_b G_b R_b^T.
+* truncation: a GEMM on the first r̂ columns accumulated in place into the frozen output.
+
+Every function has the eager (buffer-reusing) and the functional (torch.compile) formulation, see
+common.py; tests compare both with `MoRALayer`'s reference path in float64.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .common import acc_dtype, finish, finish_grad, functional, pad_cols, pad_square, pad_to
+
+# -- column maps shared by sharing and the block kinds --------------------------------------------
+
+
+def mod_sum(t: torch.Tensor, width: int) -> torch.Tensor:
+    """fp32 (M, width): column c of t added into column c mod width (no wrap padding)."""
+    rows, n = t.shape
+    full, rem = divmod(n, width)
+    if functional():
+        out = t[:, : full * width].view(rows, full, width).sum(1, dtype=acc_dtype(t)) if full else None
+        if rem:
+            tail = F.pad(t[:, full * width :].to(acc_dtype(t)), (0, width - rem))
+            out = tail if out is None else out + tail
+        return out
+    if full:
+        out = t[:, : full * width].view(rows, full, width).sum(1, dtype=acc_dtype(t))
+    else:
+        out = t.new_zeros(rows, width, dtype=acc_dtype(t))
+    if rem:
+        out[:, :rem] += t[:, full * width :]
+    return out
+
+
+def tile_cols(w: torch.Tensor, n: int) -> torch.Tensor:
+    """(M, n) with column o = w[:, o mod width]; a fresh buffer in eager mode."""
+    rows, width = w.shape
+    if functional():
+        reps = -(-n // width)
+        return w.repeat(1, reps)[:, :n] if reps > 1 else w[:, :n]
+    out = w.new_empty(rows, n)
+    full, rem = divmod(n, width)
+    if full:
+        out[:, : full * width].view(rows, full, width).copy_(w.unsqueeze(1).expand(rows, full, width))
+    if rem:
+        out[:, full * width :].copy_(w[:, :rem])
+    return out
+
+
+def group_sum(t: torch.Tensor, groups: int) -> torch.Tensor:
+    """fp32 (M, groups): contiguous runs of columns summed (first n % groups runs one longer)."""
+    rows, n = t.shape
+    q, m = divmod(n, groups)
+    cut = m * (q + 1)
+    parts = []
+    if m:
+        parts.append(t[:, :cut].view(rows, m, q + 1).sum(2, dtype=acc_dtype(t)))
+    if groups - m:
+        if q:
+            parts.append(t[:, cut:].view(rows, groups - m, q).sum(2, dtype=acc_dtype(t)))
+        else:
+            parts.append(t.new_zeros(rows, groups - m, dtype=acc_dtype(t)))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def group_repeat(w: torch.Tensor, n: int) -> torch.Tensor:
+    """(M, n): each of the `groups` columns of w repeated over its contiguous run (inverse layout of group_sum)."""
+    rows, groups = w.shape
+    q, m = divmod(n, groups)
+    cut = m * (q + 1)
+    if functional():
+        parts = []
+        if m:
+            parts.append(w[:, :m].unsqueeze(-1).expand(rows, m, q + 1).reshape(rows, cut))
+        if q and groups - m:
+            parts.append(w[:, m:].unsqueeze(-1).expand(rows, groups - m, q).reshape(rows, n - cut))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+    out = w.new_empty(rows, n)
+    if m:
+        out[:, :cut].view(rows, m, q + 1).copy_(w[:, :m].unsqueeze(-1).expand(rows, m, q + 1))
+    if q and groups - m:
+        out[:, cut:].view(rows, groups - m, q).copy_(w[:, m:].unsqueeze(-1).expand(rows, groups - m, q))
+    return out
+
+
+# -- sharing (Eq. 6 and the contiguous groupings) -------------------------------------------------
+
+
+def _compress(x2, r_hat, pad, cmode):
+    if cmode == "contiguous":
+        return group_sum(x2, r_hat)
+    z = mod_sum(x2, r_hat)
+    if pad:
+        rem = r_hat - pad
+        if functional():
+            z = z + F.pad(x2[:, :pad].to(z.dtype), (rem, 0))
+        else:
+            z[:, rem:] += x2[:, :pad]
+    return z
+
+
+def _compress_t(gz, k, pad, cmode):
+    """Adjoint of _compress: (M, r̂) -> (M, k)."""
+    if cmode == "contiguous":
+        return group_repeat(gz, k)
+    out = tile_cols(gz, k)
+    if pad:
+        rem = gz.shape[1] - pad
+        if functional():
+            out = out + F.pad(gz[:, rem:], (0, k - pad))
+        else:
+            out[:, :pad] += gz[:, rem:]
+    return out
+
+
+def _decompress(w, d, dmode):
+    return group_repeat(w, d) if dmode == "contiguous" else tile_cols(w, d)
+
+
+def _decompress_t(gy, r_hat, dmode):
+    return group_sum(gy, r_hat) if dmode == "contiguous" else mod_sum(gy, r_hat)
+
+
+class SharingFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x2, weight, bias, M, geo, flags):
+        r_hat, pad, cmode, dmode, width = geo
+        need_x, need_M = flags
+        z = pad_cols(_compress(x2, r_hat, pad, cmode).to(x2.dtype), width)
+        w = (z @ pad_square(M, width).t())[:, :r_hat]
+        y = finish(_decompress(w, weight.shape[0], dmode), x2, weight, bias)
+        ctx.geo, ctx.flags = geo, flags
+        ctx.save_for_backward(z if need_M else None, weight, M)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        z, weight, M = ctx.saved_tensors
+        r_hat, pad, cmode, dmode, width = ctx.geo
+        need_x, need_M = ctx.flags
+        gw = pad_cols(_decompress_t(gy, r_hat, dmode).to(gy.dtype), width)
+        gM = gx = None
+        if need_M:
+            gM = (gw.t() @ z)[:r_hat, :r_hat].contiguous()
+        if need_x:
+            gz = (gw @ pad_square(M, width))[:, :r_hat]
+            gx = finish_grad(_compress_t(gz, weight.shape[1], pad, cmode), gy, weight)
+        return gx, None, None, gM, None, None
+
+
+# -- rotation / decouple (Eqs. 8 and 9) -------------------------------------------------------------
+
+
+def block_plan(layer):
+    """Static geometry of the block kinds, or None where the fast path does not apply ('fold')."""
+    r, k, d = layer.r_hat, layer.in_features, layer.out_features
+    nb, pad = layer.n_blocks, layer.pad
+    nbf, rem = divmod(k, r)
+    flat = nb * r
+    if flat >= d:
+        if flat > d and layer.config.overflow != "truncate":
+            return None
+        tile, width = False, d
+    else:
+        tile, width = True, flat
+    used = -(-width // r)  # blocks whose outputs land in the first `width` flat positions
+    n_batch = min(nbf, width // r)  # leading blocks read in place from x with all r outputs kept
+    rotate = layer.config.kind == "rotation"
+    return (r, k, d, nbf, rem, pad, used, width, n_batch, tile, rotate)
+
+
+def rope_tables(layer, used, device, dtype):
+    """cos/sin (blocks, r̂) in `dtype`, the reference's formula (cached by the layer when eager)."""
+    if not functional():
+        cos, sin = layer._rope(device, dtype)
+        return cos[:used], sin[:used]
+    from mora.adapters.mora import ROPE_BASE
+
+    r = layer.r_hat
+    half = r // 2
+    inv_freq = ROPE_BASE ** (-torch.arange(half, dtype=torch.float64, device=device) * 2 / r)
+    angles = torch.outer(torch.arange(used, dtype=torch.float64, device=device), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def block_weights(M: torch.Tensor, used: int, tables) -> torch.Tensor:
+    """(used, r̂, r̂) in M's dtype: M R_b per block (rotation), or M itself (decouple)."""
+    if tables is None:
+        return M.unsqueeze(0).expand(used, *M.shape)
+    cos, sin = tables
+    half = M.shape[1] // 2
+    m32 = M.to(acc_dtype(M)).unsqueeze(0)
+    scaled = m32 * sin.to(m32.dtype).unsqueeze(1)
+    rotated = torch.cat([scaled[..., half:], -scaled[..., :half]], dim=-1)
+    return (m32 * cos.to(m32.dtype).unsqueeze(1) + rotated).to(M.dtype)
+
+
+def _extra_blocks(plan):
+    r, k, d, nbf, rem, pad, used, width, n_batch, tile, rotate = plan
+    for b in range(n_batch, used):
+        yield b, min(r, width - b * r), b >= nbf
+
+
+def _blocks_view(t: torch.Tensor, n: int, r: int) -> torch.Tensor:
+    """(n, M, r) view of the first n blocks of r columns of a 2-D tensor (no copy)."""
+    return t[:, : n * r].view(t.shape[0], n, r).transpose(0, 1)
+
+
+class BlockFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x2, weight, bias, Wb, plan, flags):
+        r, k, d, nbf, rem, pad, used, width, n_batch, tile, rotate = plan
+        rows = x2.shape[0]
+        if functional():
+            parts = []
+            if n_batch:
+                out = torch.bmm(_blocks_view(x2, n_batch, r), Wb[:n_batch].transpose(1, 2))
+                parts.append(out.transpose(0, 1).reshape(rows, n_batch * r))
+            for b, nrow, wrapped in _extra_blocks(plan):
+                w = Wb[b, :nrow]
+                if wrapped:
+                    part = x2[:, nbf * r :] @ w[:, :rem].t()
+                    if pad:
+                        part = part + x2[:, :pad] @ w[:, rem:].t()
+                else:
+                    part = x2[:, b * r : (b + 1) * r] @ w.t()
+                parts.append(part)
+            flat = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+            delta = tile_cols(flat, d) if tile else flat
+        else:
+            delta = x2.new_empty(rows, d)
+            if n_batch:
+                torch.bmm(
+                    _blocks_view(x2, n_batch, r), Wb[:n_batch].transpose(1, 2), out=_blocks_view(delta, n_batch, r)
+                )
+            for b, nrow, wrapped in _extra_blocks(plan):
+                w = Wb[b, :nrow]
+                dst = delta[:, b * r : b * r + nrow]
+                if wrapped:
+                    torch.mm(x2[:, nbf * r :], w[:, :rem].t(), out=dst)
+                    if pad:
+                        dst.addmm_(x2[:, :pad], w[:, rem:].t())
+                else:
+                    torch.mm(x2[:, b * r : (b + 1) * r], w.t(), out=dst)
+            pos = width
+            while pos < d:  # tiling: the flat result repeats until d outputs
+                n = min(width, d - pos)
+                delta[:, pos : pos + n].copy_(delta[:, :n])
+                pos += n
+        y = finish(delta, x2, weight, bias)
+        ctx.plan, ctx.flags = plan, flags
+        need_x, need_W = flags
+        ctx.save_for_backward(x2 if need_W else None, weight, Wb)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x2, weight, Wb = ctx.saved_tensors
+        plan, (need_x, need_W) = ctx.plan, ctx.flags
+        r, k, d, nbf, rem, pad, used, width, n_batch, tile, rotate = plan
+        gy = gy.contiguous()
+        rows = gy.shape[0]
+        gflat = mod_sum(gy, width).to(gy.dtype) if tile else gy
+        gW = gx = None
+        if need_W:
+            gW = _block_products(gflat, x2, plan).to(Wb.dtype)
+        if need_x:
+            if functional():
+                parts = []
+                if n_batch:
+                    out = torch.bmm(_blocks_view(gflat, n_batch, r), Wb[:n_batch])
+                    parts.append(out.transpose(0, 1).reshape(rows, n_batch * r))
+                head = None
+                for b, nrow, wrapped in _extra_blocks(plan):
+                    g, w = gflat[:, b * r : b * r + nrow], Wb[b, :nrow]
+                    if wrapped:
+                        parts.append(g @ w[:, :rem])
+                        if pad:
+                            head = g @ w[:, rem:]
+                    else:
+                        parts.append(g @ w)
+                gxd = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+                if gxd.shape[1] < k:
+                    gxd = F.pad(gxd, (0, k - gxd.shape[1]))
+                if head is not None:
+                    gxd = gxd + F.pad(head, (0, k - pad))
+            else:
+                gxd = gy.new_empty(rows, k)
+                covered = n_batch * r
+                if n_batch:
+                    torch.bmm(_blocks_view(gflat, n_batch, r), Wb[:n_batch], out=_blocks_view(gxd, n_batch, r))
+                for b, nrow, wrapped in _extra_blocks(plan):
+                    g, w = gflat[:, b * r : b * r + nrow], Wb[b, :nrow]
+                    if wrapped:
+                        torch.mm(g, w[:, :rem], out=gxd[:, nbf * r :])
+                        if pad:
+                            gxd[:, :pad].addmm_(g, w[:, rem:])
+                        covered = k
+                    else:
+                        torch.mm(g, w, out=gxd[:, b * r : (b + 1) * r])
+                        covered = (b + 1) * r
+                if covered < k:
+                    gxd[:, covered:].zero_()
+            gx = finish_grad(gxd, gy, weight)
+        return gx, None, None, gW, None, None
+
+
+def _block_products(gflat, x2, plan):
+    """dL/dW_b = G_b = gflat_b^T x_b per used block, fp32 (used, r̂, r̂); rows past the truncation are 0.
+    Autograd takes it back through `block_weights` to dL/dM = sum_b G_b R_b^T (tiny tensors)."""
+    r, k, d, nbf, rem, pad, used, width, n_batch, tile, rotate = plan
+    blocks = []
+    if n_batch:
+        gv = gflat[:, : n_batch * r].view(-1, n_batch, r).permute(1, 2, 0)
+        blocks.append(torch.bmm(gv, _blocks_view(x2, n_batch, r)).to(acc_dtype(x2)))
+    for b, nrow, wrapped in _extra_blocks(plan):
+        g = gflat[:, b * r : b * r + nrow].t()
+        if wrapped:
+            gb = g @ x2[:, nbf * r :]
+            if pad:
+                gb = torch.cat([gb, g @ x2[:, :pad]], dim=1)
+        else:
+            gb = g @ x2[:, b * r : (b + 1) * r]
+        blocks.append(F.pad(gb.to(acc_dtype(x2)), (0, 0, 0, r - nrow)).unsqueeze(0))
+    return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=0)
+
+
+# -- truncation (Eq. 4) -----------------------------------------------------------------------------
+
+
+class TruncationFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x2, weight, bias, M, flags):
+        d, k = weight.shape
+        r = M.shape[0]
+        rd, rk = min(d, r), min(k, r)
+        msub = M[:rd, :rk]
+        if functional():
+            y = F.linear(x2, weight, bias) + F.pad(x2[:, :rk] @ msub.t(), (0, d - rd))
+        else:
+            y = torch.mm(x2, weight.t()) if bias is None else torch.addmm(bias, x2, weight.t())
+            y[:, :rd].addmm_(x2[:, :rk], msub.t())
+        ctx.flags = flags
+        need_x, need_M = flags
+        ctx.save_for_backward(x2[:, :rk].contiguous() if need_M else None, weight, M)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        xs, weight, M = ctx.saved_tensors
+        need_x, need_M = ctx.flags
+        d, k = weight.shape
+        r = M.shape[0]
+        rd, rk = min(d, r), min(k, r)
+        gM = gx = None
+        if need_M:
+            gM = F.pad(gy[:, :rd].t() @ xs, (0, r - rk, 0, r - rd))
+        if need_x:
+            if functional():
+                gx = gy @ weight + F.pad(gy[:, :rd] @ M[:rd, :rk], (0, k - rk))
+            else:
+                gx = gy @ weight
+                gx[:, :rk].addmm_(gy[:, :rd], M[:rd, :rk])
+        return gx, None, None, gM, None
+
+
+# -- entry point -------------------------------------------------------------------------------------
+
+
+def mora_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
+    from mora.adapters.mora import SHARING_GROUPINGS
+
+    kind = layer.config.kind
+    M = layer.mora_M
+    base = layer.base
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, layer.in_features)
+    if kind == "sharing":
+        flags = (x.requires_grad, M.requires_grad)
+        cmode, dmode = SHARING_GROUPINGS[layer.sharing_type]
+        geo = (layer.r_hat, layer.pad if cmode == "modulo" else 0, cmode, dmode, pad_to(layer.r_hat))
+        y = SharingFunction.apply(x2, base.weight, base.bias, M, geo, flags)
+    elif kind in ("rotation", "decouple"):
+        plan = block_plan(layer)
+        if plan is None:
+            return None
+        used = plan[6]
+        tables = rope_tables(layer, used, M.device, acc_dtype(M)) if plan[-1] else None
+        Wb = block_weights(M, used, tables)
+        y = BlockFunction.apply(x2, base.weight, base.bias, Wb, plan, (x.requires_grad, Wb.requires_grad))
+    elif kind == "truncation":
+        y = TruncationFunction.apply(x2, base.weight, base.bias, M, (x.requires_grad, M.requires_grad))
+    else:
+        return None
+    return y.view(*lead, layer.out_features)

@@ -1,0 +1,97 @@
+"""The results store: one directory per run, named by a hash of what the run computes.
+
+`runs/<experiment>/<run_id>/` holds the resolved config, checkpoints, `metrics.json` (every eval point
+with its step, the loss curve, and the run's status) and the log. A run id ignores keys that do not
+change results (paths, logging, checkpoint cadence), so asking again for the same run finds it.
+Every write is atomic (temp file + rename): a crash never leaves a half-written metrics file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+NON_SEMANTIC_KEYS = (
+    "paths",
+    "logger",
+    "launcher",
+    "artifact",
+    "train.save_every",
+    "train.save_total_limit",
+    "train.log_every",
+    "train.progress_bar",
+    "eval.batch_size",
+)
+METRICS_NAME = "metrics.json"
+CONFIG_NAME = "config.json"
+STATUS_RUNNING, STATUS_COMPLETED, STATUS_FAILED = "running", "completed", "failed"
+
+
+def _drop(config: dict, dotted: str) -> None:
+    head, _, rest = dotted.partition(".")
+    if head not in config:
+        return
+    if rest:
+        if isinstance(config[head], dict):
+            _drop(config[head], rest)
+    else:
+        del config[head]
+
+
+def semantic_config(config: dict[str, Any]) -> dict[str, Any]:
+    out = json.loads(json.dumps(config))
+    for key in NON_SEMANTIC_KEYS:
+        _drop(out, key)
+    return out
+
+
+def run_id(config: dict[str, Any]) -> str:
+    canonical = json.dumps(semantic_config(config), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2, sort_keys=True, default=str)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+class RunDir:
+    """One run's directory in the store; creating the object writes nothing."""
+
+    def __init__(self, runs_dir: str | Path, experiment: str, config: dict[str, Any]):
+        self.config = config
+        self.id = run_id(config)
+        self.path = Path(runs_dir) / experiment / self.id
+        self.metrics_path = self.path / METRICS_NAME
+        self.checkpoints = self.path / "checkpoints"
+
+    def metrics(self) -> dict[str, Any] | None:
+        return read_json(self.metrics_path) if self.metrics_path.is_file() else None
+
+    @property
+    def finished(self) -> bool:
+        metrics = self.metrics()
+        return bool(metrics) and metrics.get("status") == STATUS_COMPLETED
+
+    def write_config(self) -> None:
+        write_json_atomic(self.path / CONFIG_NAME, self.config)
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        write_json_atomic(self.metrics_path, {"run_id": self.id, **metrics})

@@ -1,0 +1,104 @@
+"""TrainerCallbacks: method restarts, evaluation at fixed steps, and the run's record in the store."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from transformers import TrainerCallback
+
+from ..adapters import merge_and_reinit, reset_optimizer_state, restart_parameters
+from ..runs import STATUS_RUNNING, RunDir
+
+log = logging.getLogger("mora")
+COMPLETE_MARKER = "COMPLETE"
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class RestartCallback(TrainerCallback):
+    """ReLoRA / ReMoRA: every `every` steps merge the adapters into W0, re-initialise them and reset
+    their optimizer state (the jagged re-warm lives in the LR schedule)."""
+
+    def __init__(self, every: int, reset_mode: str, keep: float):
+        self.every, self.reset_mode, self.keep = every, reset_mode, keep
+
+    def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        step = state.global_step
+        if step % self.every or step >= state.max_steps:
+            return
+        layers = merge_and_reinit(model)
+        touched = reset_optimizer_state(optimizer, restart_parameters(model), self.reset_mode, self.keep)
+        log.info("restart at step %d: merged %d adapter layers, reset %d optimizer tensors", step, layers, touched)
+
+
+class RunRecorder(TrainerCallback):
+    """Evaluates at the configured steps and keeps `metrics.json` current: evals by step, loss curve,
+    status. Marks each checkpoint complete once the Trainer has written all of it."""
+
+    def __init__(
+        self,
+        run: RunDir,
+        metrics: dict[str, Any],
+        evaluate: Callable[[Any], dict[str, float]] | None,
+        eval_steps: list[int],
+        on_eval: Callable[[int, dict[str, float]], None] | None = None,
+    ):
+        self.run = run
+        self.metrics = metrics
+        self.evaluate = evaluate
+        self.eval_steps = set(eval_steps)
+        self.on_eval = on_eval
+        self.started = time.time()
+        self.state = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # After a resume, forget evaluations the restored checkpoint has not reached yet.
+        self.metrics["evals"] = [e for e in self.metrics.get("evals", []) if e["step"] <= state.global_step]
+        self.state = state
+        self._write(STATUS_RUNNING)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise NonFiniteLossError(f"training loss is {loss} at step {state.global_step}")
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        step = state.global_step
+        if self.evaluate is not None and (step in self.eval_steps or step == state.max_steps):
+            result = self.evaluate(model)
+            self.metrics["evals"] = [e for e in self.metrics["evals"] if e["step"] != step]
+            self.metrics["evals"].append({"step": step, **result})
+            summary = ", ".join(f"{k} {v:.2f}" for k, v in result.items())
+            log.info("eval at step %d/%d: %s", step, state.max_steps, summary)
+            if self.on_eval:
+                self.on_eval(step, result)
+            self._write(STATUS_RUNNING)
+
+    def on_save(self, args, state, control, **kwargs):
+        (Path(args.output_dir) / f"checkpoint-{state.global_step}" / COMPLETE_MARKER).touch()
+        self._write(STATUS_RUNNING)
+
+    def _write(self, status: str) -> None:
+        self.metrics["status"] = status
+        history = self.state.log_history if self.state is not None else []
+        self.metrics["train_loss"] = [[h["step"], h["loss"]] for h in history if "loss" in h]
+        self.metrics["wall_seconds"] = self.metrics.get("wall_seconds_before", 0.0) + time.time() - self.started
+        self.run.write_metrics(self.metrics)
+
+    def finish(self, status: str, **extra: Any) -> None:
+        self.metrics.update(extra)
+        if self.metrics["evals"]:
+            self.metrics["final"] = max(self.metrics["evals"], key=lambda e: e["step"])
+        self._write(status)
+
+
+def last_complete_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest checkpoint the Trainer finished writing; torn ones (no marker) are never resumed."""
+    done = [p for p in checkpoints.glob("checkpoint-*") if (p / COMPLETE_MARKER).is_file()]
+    return max(done, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)

@@ -1,0 +1,52 @@
+"""Helpers to run the real training entry point in tests: in-process through Hydra's compose API,
+or as the CLI in a subprocess (for exit codes, SIGKILL and resume)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# A run small enough for a test: 8 pairs, 6 steps, evals at 3 and 6, a checkpoint every 3 steps.
+TINY_RUN = [
+    "experiment=uuid_mini",
+    "data.builder.n_pairs=8",
+    "model.network.hidden_size=32",
+    "model.network.intermediate_size=64",
+    "train.max_steps=6",
+    "train.batch_size=8",
+    "train.micro_batch_size=8",
+    "train.save_every=3",
+    "train.log_every=1",
+    "train.progress_bar=false",
+    "eval.steps=[3,6]",
+    "eval.metric.batch_size=8",
+    "logger=none",
+]
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides)
+
+
+def train_in_process(runs_dir: Path, *overrides: str) -> dict:
+    from mora.train import train
+
+    return train(compose([*TINY_RUN, f"paths.runs_dir={runs_dir}", *overrides]))
+
+
+def run_cli(runs_dir: Path, *overrides: str, tiny: bool = True, **popen) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "mora.train", *(TINY_RUN if tiny else []), f"paths.runs_dir={runs_dir}", *overrides]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, **popen)
+
+
+def metrics_files(runs_dir: Path) -> list[Path]:
+    return sorted(Path(runs_dir).rglob("metrics.json"))

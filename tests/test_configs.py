@@ -1,0 +1,66 @@
+"""Every config in conf/ composes, and every experiment builds its objects on the tiny model."""
+
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from mora.adapters import apply_adapters, config_from_dict
+from runner import ROOT, compose
+
+GROUPS = ["model", "method", "data", "train", "eval", "logger", "experiment"]
+OFFLINE_MODELS = {"tiny_llama"}  # the others download from the hub (or need an optional extra)
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_composes(group, option):
+    cfg = compose([f"{group}={option}"])
+    assert OmegaConf.to_container(cfg, resolve=True)
+    assert cfg.model.name and cfg.method.method and cfg.data.name
+
+
+@pytest.mark.parametrize("method", options("method"))
+def test_every_method_config_is_valid(method):
+    cfg = compose([f"method={method}"])
+    config = config_from_dict(OmegaConf.to_container(cfg.method, resolve=True))
+    assert config.method == method
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_instantiates_on_the_tiny_model(experiment):
+    cfg = compose([f"experiment={experiment}", "model=tiny_llama", "method=mora", "data.builder.n_pairs=16"])
+    assert cfg.experiment_name == experiment
+    tokenizer = instantiate(cfg.model.tokenizer)
+    task = instantiate(cfg.data.builder, tokenizer=tokenizer)
+    rows = task.train_dataset()
+    assert len(rows) == 16 and all(len(r["input_ids"]) == len(r["labels"]) for r in rows)
+    evaluator = instantiate(cfg.eval.metric)
+    model = instantiate(cfg.model.network, tokenizer=tokenizer)
+    report = apply_adapters(model, OmegaConf.to_container(cfg.method, resolve=True))
+    assert report.adapter_total > 0
+    assert 0.0 <= evaluator(model, tokenizer, task)["char_acc"] <= 100.0
+
+
+def test_experiment_files_only_override():
+    for path in (ROOT / "conf" / "experiment").glob("*.yaml"):
+        text = path.read_text()
+        assert text.lstrip().startswith("# @package _global_"), path
+        defaults = OmegaConf.load(path).get("defaults", [])
+        for entry in defaults:
+            assert isinstance(entry, (dict, type(OmegaConf.create({})))) and all(
+                str(k).startswith("override ") for k in entry
+            ), f"{path.name}: defaults entries must be overrides, got {entry}"
+
+
+def test_paper_scale_experiment_matches_the_paper():
+    cfg = compose(["experiment=uuid_memorization"])
+    assert cfg.model.network.name_or_path == "meta-llama/Llama-2-7b-hf"
+    assert cfg.data.builder.n_pairs == 10000
+    assert cfg.train.batch_size == 1000 and cfg.train.max_steps == 1000
+    assert list(cfg.eval.steps) == [300, 500, 700, 900]
+    assert Path(ROOT / "conf" / "config.yaml").is_file()

@@ -1,0 +1,204 @@
+"""The fused adapter paths (mora.kernels) against the layers' reference paths, on the CPU in float64.
+
+Both formulations of every fused Function run here: the eager one (buffer-reusing GEMMs) and the
+functional one that torch.compile traces. The GPU agreement check in bf16 is bench/check_fast.py.
+"""
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from mora import kernels
+from mora.adapters import apply_adapters, make_adapter
+from mora.kernels import fast_path, force_functional
+
+ROOT = Path(__file__).resolve().parents[1]
+
+METHODS = [
+    ("lora", {}),
+    ("lora", {"rslora": True, "alpha": 3.0}),
+    ("asylora", {"freeze_A": True}),
+    ("dora", {}),
+    ("mora", {"kind": "sharing"}),
+    ("mora", {"mora_type": 2}),
+    ("mora", {"mora_type": 3}),
+    ("mora", {"mora_type": 4}),
+    ("mora", {"kind": "rotation"}),
+    ("mora", {"kind": "decouple"}),
+    ("mora", {"kind": "truncation"}),
+]
+SHAPES = [(16, 16), (24, 40), (40, 24), (50, 130), (130, 50), (37, 37), (96, 20), (20, 96)]
+RANKS = [1, 3, 8]
+
+
+def _layer(method, opts, d, k, r, bias, seed=0):
+    torch.manual_seed(seed)
+    base = nn.Linear(k, d, bias=bias, dtype=torch.float64)
+    try:
+        layer = make_adapter(base, method, r, **opts)
+    except ValueError:
+        return None
+    with torch.no_grad():
+        for name, p in layer.adapter_parameters():
+            if name == "dora_magnitude":
+                p.uniform_(0.5, 2.0)
+            else:
+                p.normal_(0, 0.3)
+    return layer
+
+
+def _run(layer, x, gy, fast, functional=False):
+    layer.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_(True)
+    before = sum(kernels.calls.values())
+    with fast_path("always" if fast else "off"), force_functional(functional):
+        y = layer(x)
+    took = sum(kernels.calls.values()) - before
+    y.backward(gy)
+    grads = {n: p.grad.clone() for n, p in layer.adapter_parameters() if p.requires_grad}
+    return y.detach(), x.grad, grads, took
+
+
+def _close(a, b, what):
+    assert a.shape == b.shape, what
+    assert torch.allclose(a, b, rtol=1e-9, atol=1e-9), f"{what}: max abs err {(a - b).abs().max().item():.3g}"
+
+
+def _compare(layer, lead=(3, 5), expect_fast=True):
+    torch.manual_seed(7)
+    x = torch.randn(*lead, layer.in_features, dtype=torch.float64)
+    gy = torch.randn(*lead, layer.out_features, dtype=torch.float64)
+    ref = _run(layer, x, gy, fast=False)
+    assert ref[3] == 0
+    for functional in (False, True):
+        out = _run(layer, x, gy, fast=True, functional=functional)
+        assert out[3] == (1 if expect_fast else 0), "fast path taken?"
+        tag = f"{layer.config.method} {layer.extra_repr()} functional={functional}"
+        _close(out[0], ref[0], f"output {tag}")
+        _close(out[1], ref[1], f"grad x {tag}")
+        assert out[2].keys() == ref[2].keys()
+        for name in ref[2]:
+            _close(out[2][name], ref[2][name], f"grad {name} {tag}")
+
+
+@pytest.mark.parametrize("method,opts", METHODS, ids=lambda v: v if isinstance(v, str) else str(v))
+def test_fused_matches_reference(method, opts):
+    ran = 0
+    for (d, k), r, bias in itertools.product(SHAPES, RANKS, (False, True)):
+        layer = _layer(method, opts, d, k, r, bias)
+        if layer is None:
+            continue
+        _compare(layer)
+        ran += 1
+    assert ran >= 10
+
+
+@pytest.mark.parametrize("kind", ["rotation", "decouple"])
+def test_block_kinds_layouts(kind):
+    """Truncated outputs with a straddling block, unused wrapped block, tiled outputs, k < r̂."""
+    seen = set()
+    for d, k, r in [(64, 200, 4), (200, 64, 4), (30, 30, 8), (33, 47, 4), (47, 33, 4), (11, 90, 2), (90, 11, 2)]:
+        layer = _layer("mora", {"kind": kind}, d, k, r, bias=False)
+        if layer is None:
+            continue
+        from mora.kernels.mora import block_plan
+
+        plan = block_plan(layer)
+        seen.add((plan[9], plan[8] < plan[6]))  # (tiled?, any block outside the batched GEMM?)
+        _compare(layer, lead=(4,))
+    assert len(seen) >= 3
+
+
+def test_fold_overflow_keeps_reference():
+    layer = _layer("mora", {"kind": "rotation", "overflow": "fold"}, 24, 100, 2, bias=False)
+    assert layer.n_blocks * layer.r_hat > layer.out_features
+    _compare(layer, expect_fast=False)
+
+
+def test_partial_grads_and_no_input_grad():
+    for method, opts in METHODS:
+        layer = _layer(method, opts, 40, 24, 3, bias=True)
+        if layer is None:
+            continue
+        x = torch.randn(6, 24, dtype=torch.float64)  # no grad wanted for x
+        with fast_path("always"):
+            y = layer(x)
+        y.square().sum().backward()
+        ref = _layer(method, opts, 40, 24, 3, bias=True)
+        ref.fast_path = False
+        ref(x).square().sum().backward()
+        for (name, p), (_, q) in zip(layer.adapter_parameters(), ref.adapter_parameters()):
+            if p.requires_grad:
+                _close(p.grad, q.grad, f"{method} {name}")
+
+
+def test_auto_mode_keeps_cpu_on_reference():
+    layer = _layer("lora", {}, 16, 16, 2, bias=False)
+    before = dict(kernels.calls)
+    with fast_path("auto"):
+        layer(torch.randn(2, 16, dtype=torch.float64))
+    assert kernels.calls == before
+
+
+def test_layer_switch_and_unsupported_inputs():
+    layer = _layer("lora", {"dropout": 0.1}, 16, 16, 2, bias=False)
+    x = torch.randn(2, 16, dtype=torch.float64)
+    with fast_path("always"):
+        assert not kernels.supported(layer.train(), x)  # active dropout
+        assert kernels.supported(layer.eval(), x)
+        layer.fast_path = False
+        assert not kernels.supported(layer, x)
+        layer.fast_path = None
+        assert not kernels.supported(layer, x.float())  # dtype mismatch
+        layer.merge()
+        assert not kernels.supported(layer, x)
+
+
+def test_dora_norm_cache_follows_weight_edits():
+    layer = _layer("dora", {}, 24, 40, 4, bias=False)
+    x = torch.randn(5, 40, dtype=torch.float64)
+    with fast_path("always"):
+        layer(x)
+        with torch.no_grad():
+            layer.base.weight.mul_(1.5)
+        fast = layer(x)
+    layer.fast_path = False
+    _close(fast, layer(x), "dora after editing W0")
+
+
+@pytest.mark.filterwarnings("ignore:.*trains")
+def test_tiny_llama_end_to_end(make_tiny_llama):
+    ids = torch.randint(0, 50, (2, 11), generator=torch.Generator().manual_seed(1))
+    for method, opts in METHODS:
+        losses, grads = [], []
+        for mode in ("off", "always"):
+            model = make_tiny_llama(seed=3).double().train()
+            apply_adapters(model, {"method": method, "r": 4, **opts})
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    if p.requires_grad and "magnitude" not in name:
+                        p.normal_(0, 0.05)
+            with fast_path(mode):
+                loss = model(ids, labels=ids).loss
+            loss.backward()
+            losses.append(loss.detach())
+            grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+        _close(losses[1], losses[0], f"{method} loss")
+        for name in grads[0]:
+            _close(grads[1][name], grads[0][name], f"{method} {name}")
+
+
+def test_step_bench_cpu_mode(tmp_path):
+    """bench/step_bench.py in its CPU mode: small shapes, every method, a table and a results file."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, str(ROOT / "bench" / "step_bench.py"), "--cpu", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "frozen base" in proc.stdout and "mora rotation" in proc.stdout
+    assert (tmp_path / "results.jsonl").is_file()
