@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: help install install-smollm2 demo test test-slow clean
+.PHONY: help install install-smollm2 demo test test-slow test-deepspeed clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -32,6 +32,65 @@ test: install  ## the default test suite (CPU, offline)
 
 test-slow: install  ## the slow tests only
 	$(PY) -m pytest -q -m slow
+
+test-deepspeed: install  ## DeepSpeed ZeRO-2/3 on 2 CPU processes (gloo): restarts, 1 vs 2 processes (~4 min)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slow tests/test_deepspeed.py
+
+# ---- reproduce a paper artifact: expand the grid of experiments/<artifact>.yaml, launch the runs that
+# are not finished (finished ones are skipped and listed), then render reports/<artifact>_<section>.*
+#   LAUNCHER=local (default; JOBS=N runs N at a time) | slurm (hydra-submitit-launcher, conf/launcher/slurm.yaml)
+#           | slurm_cpu (CPU nodes) | sbatch (plain slurm/array.sbatch over the manifest)
+#   OVERRIDES="train.max_steps=100 ..." go to every run and to the report; LAUNCH_ARGS / REPORT_ARGS to
+#   mora.launch / mora.report (e.g. LAUNCH_ARGS="--hydra hydra.launcher.partition=gpu" or "--dry-run").
+LAUNCHER    ?= local
+JOBS        ?= 1
+OVERRIDES   ?=
+LAUNCH_ARGS ?=
+REPORT_ARGS ?=
+ARTIFACTS   := table1 table2 table3 table4 fig2 fig3 fig4 fig5
+REPRODUCE   := $(addprefix reproduce-,$(ARTIFACTS))
+_OVERRIDES   = $(foreach o,$(OVERRIDES),--override $(o))
+# $(call reproduce,artifact,section): launch, then render even if some runs failed; fail if either did
+reproduce = $(PY) -m mora.launch experiments/$(1).yaml --section $(2) --launcher $(LAUNCHER) --jobs $(JOBS) \
+	$(_OVERRIDES) $(LAUNCH_ARGS); rc=$$?; \
+	$(PY) -m mora.report experiments/$(1).yaml --section $(2) $(_OVERRIDES) $(REPORT_ARGS) || rc=$$?; exit $$rc
+
+.PHONY: $(REPRODUCE) $(addsuffix -mini,$(REPRODUCE)) test-slurm slurm-up slurm-down
+
+reproduce-table1:       ## Table 1: 13 methods x Tulu/MetaMath/BioMed/Finance, Table 5 LR grids (LAUNCHER=slurm)
+reproduce-table1-mini:  ## Table 1 in miniature, offline: tiny LLaMA, fixtures, MMLU dev questions
+reproduce-table2:       ## Table 2: UUID memorisation, char accuracy at steps 300-900, LR grids
+reproduce-table2-mini:  ## Table 2 in miniature (64 pairs, 400 steps), full LR grid of the mini rows
+reproduce-table3:       ## Table 3: C4 pretraining from scratch, 250M and 1.3B, perplexity
+reproduce-table3-mini:  ## Table 3 in miniature: tiny LLaMAs pretrained on ../shared/data text
+reproduce-table4:       ## Table 4: MoRA's compression kinds on MetaMath -> GSM8K, r 8 and 256
+reproduce-table4-mini:  ## Table 4 in miniature (MetaMathQA / GSM8K fixtures)
+reproduce-fig2:         ## Figure 2: UUID loss curves, FFT and LoRA r 8..256
+reproduce-fig2-mini:    ## Figure 2 in miniature
+reproduce-fig3:         ## Figure 3: UUID loss curves, LoRA vs MoRA (the runs of Table 2)
+reproduce-fig3-mini:    ## Figure 3 in miniature
+reproduce-fig4:         ## Figure 4: C4 pretraining loss curves (the runs of Table 3)
+reproduce-fig4-mini:    ## Figure 4 in miniature
+reproduce-fig5:         ## Figure 5: singular values > 0.1 of the 250M runs' updates
+reproduce-fig5-mini:    ## Figure 5 in miniature
+
+$(REPRODUCE): reproduce-%: install
+	$(call reproduce,$*,paper)
+
+$(addsuffix -mini,$(REPRODUCE)): reproduce-%-mini: install
+	$(call reproduce,$*,mini)
+
+SLURM_TEST_ENV := MORA_SLURM_DIR=/tmp/mora-slurm-test MORA_SLURM_PORT=6917
+
+test-slurm: install  ## Slurm tests on a real one-node cluster (installed, started and stopped here; ~4 min, root)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slurm tests/test_slurm.py; rc=$$?; \
+	$(SLURM_TEST_ENV) slurm/local_cluster.sh down; exit $$rc
+
+slurm-up:  ## start a one-node Slurm here (slurm/local_cluster.sh; its `env` command prints SLURM_CONF)
+	slurm/local_cluster.sh up
+
+slurm-down:  ## stop the daemons slurm-up started
+	slurm/local_cluster.sh down
 
 clean:  ## remove the results store and caches (keeps .venv)
 	rm -rf runs .pytest_cache

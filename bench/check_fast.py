@@ -168,10 +168,10 @@ def run_check(device: str = "cuda", quick: bool = False, compile_cases: bool = F
             log(f"{label:<16}{d:>6}{k:>6}{r:>5}{0:>5} {'compiled':<12}{key:<18}{err:>10.2e}{base:>10.2e}  "
                 f"{'yes' if ok else 'NO'}")
     log("")
-    log(f"{'method':<16}{'cases':>6}{'max fused err':>15}{'max ref err':>13}{'max fused/ref':>15}  all pass")
+    log(f"{'method':<16}{'compared':>9}{'max fused err':>15}{'max ref err':>13}{'max fused/ref':>15}  all pass")
     for label, rows in summary.items():
         ratio = max(e / max(b, 1e-12) for e, b, _ in rows)
-        log(f"{label:<16}{len(rows):>6}{max(e for e, _, _ in rows):>15.2e}{max(b for _, b, _ in rows):>13.2e}"
+        log(f"{label:<16}{len(rows):>9}{max(e for e, _, _ in rows):>15.2e}{max(b for _, b, _ in rows):>13.2e}"
             f"{ratio:>15.2f}  {'yes' if all(ok for _, _, ok in rows) else 'NO'}")
     log(f"agreement check: {count} comparisons in {time.time() - t0:.0f} s: {'ALL PASS' if all_ok else 'FAILURES'}")
     return all_ok

@@ -100,7 +100,7 @@ def plan_configs(args) -> list[Config]:
     out += [Config("peft", "peft dora", lo, False), Config("peft", "peft lora", hi, False),
             Config("peft", "peft dora", hi, False), Config("fft", "full fine-tuning", None, False)]
     if args.plain:
-        for name in ("lora", "mora sharing", "mora rotation"):
+        for name in ("lora", "dora", "mora sharing", "mora rotation"):
             for compiled in ((False, True) if compile_ok else (False,)):
                 out.append(Config("plain", name, lo, compiled, ours[name]))
     if args.only:

@@ -86,6 +86,11 @@ def pretrained(tokenizer, name_or_path: str, dtype: str = "bfloat16", gguf_file:
     """A pretrained causal LM by hub id or local directory (HF_HUB_OFFLINE users pass a local path)."""
     from transformers import AutoModelForCausalLM
 
+    if gguf_file and "quantization_config" not in kwargs:
+        # Unpack the GGUF blocks into a plain dense model: trainable, and saved without a quantizer.
+        from transformers import GgufConfig
+
+        kwargs["quantization_config"] = GgufConfig(gguf_file=gguf_file, dequantize=True)
     model = AutoModelForCausalLM.from_pretrained(
         _resolve(name_or_path), dtype=torch_dtype(dtype), gguf_file=gguf_file, **kwargs
     )

@@ -20,11 +20,14 @@ NON_SEMANTIC_KEYS = (
     "logger",
     "launcher",
     "artifact",
+    "benchmark",
+    "threads",
     "train.save_every",
     "train.save_total_limit",
     "train.log_every",
     "train.progress_bar",
-    "eval.batch_size",
+    "train.keep_checkpoints",
+    "eval.metric.batch_size",
 )
 METRICS_NAME = "metrics.json"
 CONFIG_NAME = "config.json"

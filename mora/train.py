@@ -9,6 +9,7 @@ config costs no compute and leaves nothing in the results store.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import sys
@@ -17,14 +18,29 @@ from typing import Any
 
 import hydra
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from .adapters import AdapterConfig, apply_adapters, config_from_dict, merge_and_unload, save_adapter
+from .evaluate import evaluate_run, wants_evaluation
+from .evaluation.spectrum import SNAPSHOT_NAME, save_snapshot
 from .runs import STATUS_COMPLETED, STATUS_FAILED, RunDir
 from .training.callbacks import RestartCallback, RunRecorder, last_complete_checkpoint
+from .training.distributed import (
+    check_deepspeed_config,
+    ensure_single_process_env,
+    init_deepspeed_state,
+    is_main_process,
+    keeping_optimizer,
+    strip_launcher_args,
+    world_size,
+)
 from .training.optim import build_optimizer, build_scheduler
+from .training.preemption import STATUS_INTERRUPTED, GracefulStop, RunInterrupted
 from .training.wandb_log import WandbLogger
+from .training.zero import gather_full_model
 
 log = logging.getLogger("mora")
 
@@ -56,6 +72,25 @@ def grad_accumulation(train_cfg: DictConfig) -> int:
     return train_cfg.batch_size // per_step
 
 
+def set_max_steps(train_cfg: DictConfig, rows) -> None:
+    """Table 5 gives epochs: with `train.epochs` set, max_steps = epochs x ceil(rows / batch_size)."""
+    epochs, steps = train_cfg.get("epochs"), train_cfg.max_steps
+    if (epochs is None) == (steps is None):
+        raise ValueError(f"set exactly one of train.max_steps ({steps}) and train.epochs ({epochs})")
+    if epochs is None:
+        return
+    if not hasattr(rows, "__len__"):
+        raise ValueError("train.epochs needs a dataset of known size; this one streams: set train.max_steps")
+    train_cfg.max_steps = int(epochs) * math.ceil(len(rows) / train_cfg.batch_size)
+    log.info("%s epochs of %d rows at batch %d: %d steps", epochs, len(rows), train_cfg.batch_size, train_cfg.max_steps)
+
+
+def evaluate_after_training(cfg: DictConfig) -> bool:
+    """The benchmark asks to be scored right after training (conf/benchmark: after_training)."""
+    bench = cfg.get("benchmark")
+    return bool(bench) and bool(bench.get("after_training")) and wants_evaluation(bench)
+
+
 def _attach_log_file(path: Path) -> logging.Handler:
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -64,7 +99,9 @@ def _attach_log_file(path: Path) -> logging.Handler:
     return handler
 
 
-def _detach_log_file(handler: logging.Handler) -> None:
+def _detach_log_file(handler: logging.Handler | None) -> None:
+    if handler is None:
+        return
     for name in ("mora", "transformers"):
         logging.getLogger(name).removeHandler(handler)
     handler.close()
@@ -79,8 +116,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run = RunDir(cfg.paths.runs_dir, cfg.experiment_name, container)
     if run.finished:
         log.info("run %s is already finished (%s): skipping it", run.id, run.path)
+        if evaluate_after_training(cfg):
+            evaluate_run(run.path, cfg.benchmark, container)
         return run.metrics()
     accumulation = grad_accumulation(cfg.train)
+    ds_config = container["train"].get("deepspeed")
+    if ds_config is not None:
+        check_deepspeed_config(ds_config, cfg.train, world_size(), accumulation)
+        ensure_single_process_env()
+    main_process = is_main_process()  # with several processes only rank 0 writes the run's record
 
     set_seed(cfg.seed)
     tokenizer = instantiate(cfg.model.tokenizer)
@@ -90,6 +134,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     report = apply_adapters(model, method_cfg)
     log.info("%s", report)
     train_rows = task.train_dataset()
+    set_max_steps(cfg.train, train_rows)
     restarts = method_cfg.restart_options()
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(
@@ -98,8 +143,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     # Everything is checked: from here on the run is recorded.
     run.path.mkdir(parents=True, exist_ok=True)
-    run.write_config()
-    handler = _attach_log_file(run.path / "train.log")
+    if main_process:
+        run.write_config()
+    handler = _attach_log_file(run.path / "train.log") if main_process else None
+    if main_process and cfg.benchmark.get("spectrum") and not (run.path / SNAPSHOT_NAME).is_file():
+        save_snapshot(model, run.path / SNAPSHOT_NAME)  # ΔW = final - these, for the spectrum
     resume = last_complete_checkpoint(run.checkpoints)
     previous = (run.metrics() or {}) if resume else {}
     metrics: dict[str, Any] = {
@@ -112,7 +160,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log.info("run %s -> %s%s", run.id, run.path, f" (resuming from {resume.name})" if resume else "")
 
     wandb_cb = None
-    if cfg.logger.get("wandb"):
+    if cfg.logger.get("wandb") and main_process:
         wandb_cb = WandbLogger(
             OmegaConf.to_container(cfg.logger.wandb, resolve=True), str(run.path), run.id, metrics["summary"], cfg.get("artifact")
         )
@@ -123,9 +171,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     recorder = RunRecorder(
         run, metrics, evaluate if evaluator else None, list(cfg.eval.steps), wandb_cb.log_eval if wandb_cb else None
     )
-    callbacks = [recorder] + ([wandb_cb] if wandb_cb else [])
+    stopper = GracefulStop()  # SIGTERM / preemption: checkpoint at the end of the step, stop, requeue
+    callbacks = [recorder, stopper] + ([wandb_cb] if wandb_cb else [])
     if restarts:
         callbacks.append(RestartCallback(restarts.merge_every, restarts.optimizer_reset, restarts.optimizer_keep))
+    ds_args = init_deepspeed_state() if ds_config is not None else {}
     args = TrainingArguments(
         output_dir=str(run.checkpoints),
         max_steps=cfg.train.max_steps,
@@ -146,8 +196,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=not cfg.train.progress_bar,
         deepspeed=OmegaConf.to_container(cfg.train.deepspeed, resolve=True) if cfg.train.deepspeed else None,
+        **ds_args,
     )
-    trainer = Trainer(
+    trainer_cls = keeping_optimizer(Trainer) if ds_config is not None else Trainer
+    dtypes = {name: p.dtype for name, p in model.named_parameters()}  # before DeepSpeed casts them
+    trainer = trainer_cls(
         model=model,
         args=args,
         train_dataset=train_rows,
@@ -155,19 +208,42 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         optimizers=(optimizer, scheduler),
         callbacks=callbacks,
     )
+    if not cfg.train.progress_bar:  # quiet: one line per evaluation, no per-step log dicts or bars
+        from transformers.trainer_callback import PrinterCallback
+        from transformers.utils import logging as hf_logging
+
+        trainer.remove_callback(PrinterCallback)
+        hf_logging.disable_progress_bar()
     try:
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        if method_cfg.layer_class is not None:
-            save_adapter(model, run.path / "adapter")
-        merged = merge_and_unload(model)
-        merged.save_pretrained(run.path / "merged")
-        tokenizer.save_pretrained(run.path / "merged")
+        with stopper.installed():
+            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        stopper.raise_if_stopped(run.checkpoints)
+        if ds_config is not None:
+            gather_full_model(model, dtypes)  # every process takes part; rank 0 ends with the full model
+        if main_process:
+            if method_cfg.layer_class is not None:
+                save_adapter(model, run.path / "adapter")
+            merged = merge_and_unload(model)
+            merged.save_pretrained(run.path / "merged")
+            tokenizer.save_pretrained(run.path / "merged")
     except BaseException as exc:
-        recorder.finish(STATUS_FAILED, error=f"{type(exc).__name__}: {exc}")
-        log.error("run %s failed: %s: %s", run.id, type(exc).__name__, exc)
+        status = STATUS_INTERRUPTED if isinstance(exc, RunInterrupted) else STATUS_FAILED
+        recorder.finish(status, error=f"{type(exc).__name__}: {exc}")
+        log.error("run %s %s: %s: %s", run.id, status, type(exc).__name__, exc)
         _detach_log_file(handler)
         raise
     recorder.finish(STATUS_COMPLETED)
+    if not main_process:
+        return metrics
+    if evaluate_after_training(cfg):
+        try:
+            evaluate_run(run.path, cfg.benchmark, container, wandb_cb.log_summary if wandb_cb else None)
+        except BaseException as exc:
+            log.error("run %s trained, but its evaluation failed: %s: %s", run.id, type(exc).__name__, exc)
+            if wandb_cb:
+                wandb_cb.finish({"final/" + k: v for k, v in metrics.get("final", {}).items()})
+            _detach_log_file(handler)
+            raise
     if wandb_cb:
         wandb_cb.finish({"final/" + k: v for k, v in metrics.get("final", {}).items()})
     if not cfg.train.keep_checkpoints:
@@ -178,13 +254,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     torch.set_num_threads(int(cfg.threads) if cfg.get("threads") else torch.get_num_threads())
     try:
         train(cfg)
+    except RunInterrupted as exc:
+        log.warning("run interrupted: %s; launched again, it resumes from there", exc)
+        exc.exit()  # exit status 75 (slurm/array.sbatch requeues), or submitit's requeue
     except ValueError as exc:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # a multirun records the job as failed and goes on with the others
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+def main() -> None:
+    """`python -m mora.train` / `mora-train`, alone or under torchrun / the deepspeed launcher: the
+    launcher's own `--local_rank=N` is taken off the command line so only Hydra overrides reach Hydra."""
+    sys.argv = strip_launcher_args(sys.argv)
+    hydra_main()
 
 
 if __name__ == "__main__":

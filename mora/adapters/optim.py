@@ -50,8 +50,7 @@ def reset_optimizer_state(
     """Reset the moment estimates of `params`: zero them ("full"), or keep only the `keep` fraction of
     largest-magnitude entries of each ("magnitude", ReLoRA's pruning). Step counters are kept.
     Returns how many state tensors were touched."""
-    if mode not in ("full", "magnitude"):
-        raise ValueError(f"optimizer reset mode must be 'full' or 'magnitude', got {mode!r}")
+    check_reset_mode(mode)
     touched = 0
     for param in params:
         state = optimizer.state.get(param)
@@ -60,12 +59,25 @@ def reset_optimizer_state(
         for key, value in state.items():
             if key == "step" or not torch.is_tensor(value) or value.shape != param.shape:
                 continue
-            n_keep = int(value.numel() * keep) if mode == "magnitude" else 0
-            if n_keep <= 0:
-                value.zero_()
-            elif n_keep < value.numel():
-                magnitude = value.abs().flatten().float()
-                threshold = magnitude.kthvalue(value.numel() - n_keep).values
-                value.mul_((value.abs().float() > threshold).to(value.dtype))
+            prune_moment_(value, mode, keep)
             touched += 1
     return touched
+
+
+def check_reset_mode(mode: str) -> None:
+    if mode not in ("full", "magnitude"):
+        raise ValueError(f"optimizer reset mode must be 'full' or 'magnitude', got {mode!r}")
+
+
+@torch.no_grad()
+def prune_moment_(value: torch.Tensor, mode: str, keep: float) -> torch.Tensor:
+    """In place: zero one moment tensor ("full"), or keep only its `keep` fraction of largest-magnitude
+    entries ("magnitude"). Shared by the plain reset above and the sharded one (mora.training.zero)."""
+    n_keep = int(value.numel() * keep) if mode == "magnitude" else 0
+    if n_keep <= 0:
+        value.zero_()
+    elif n_keep < value.numel():
+        magnitude = value.abs().flatten().float()
+        threshold = magnitude.kthvalue(value.numel() - n_keep).values
+        value.mul_((value.abs().float() > threshold).to(value.dtype))
+    return value

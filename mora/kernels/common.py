@@ -5,9 +5,10 @@ Every fused path has two formulations of the same arithmetic:
 * eager (the default outside torch.compile): the adapter's contribution is written into a fresh
   buffer and the frozen GEMM accumulates onto it in place (`E.addmm_(x, W.t())`, cuBLAS with
   beta = 1), so no separate "base + delta" pass over the output is needed;
-* functional (chosen while torch.compile traces, or forced for tests): out-of-place ops only, with
-  the adapter's contribution written as pointwise/reshaping expressions that inductor fuses into
-  the neighbouring kernels (the add of the delta lands in the consumer's kernel).
+* functional (chosen while torch.compile traces, or forced for tests): out-of-place ops only; the
+  Function computes the adapter's contribution alone (custom backward, small saved tensors) and the
+  frozen layer's output is added outside it, so inductor fuses that add into the consumer's kernel
+  (spelling a rank-8 product as 8 broadcast multiply-adds for inductor was measured: far slower).
 
 Both are plain torch; tests run each against the adapter layers' reference path.
 """
@@ -15,10 +16,6 @@ Both are plain torch; tests run each against the adapter layers' reference path.
 from __future__ import annotations
 
 import torch
-
-# Rank up to which a rank-r product `u @ V` (u: (n, r)) is spelled as r broadcast multiply-adds in
-# the functional formulation, so that inductor can fuse it into a consumer instead of calling a GEMM.
-UNROLL_MAX_RANK = 16
 
 _force_functional = False
 
@@ -53,33 +50,34 @@ class force_functional:
         return False
 
 
-def lowrank(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """`u @ v` for u (n, r), v (r, m); unrolled into r multiply-adds when tracing for inductor."""
-    r = u.shape[1]
-    if functional() and r <= UNROLL_MAX_RANK:
-        out = u[:, 0:1] * v[0]
-        for i in range(1, r):
-            out = out + u[:, i : i + 1] * v[i]
-        return out
-    return u @ v
-
-
 def finish(delta: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """`x2 @ weight.T + bias + delta`: in eager mode the frozen GEMM accumulates onto `delta`'s buffer
-    (which the caller owns and never reuses); traced, it is an out-of-place sum inductor can fuse."""
+    """Eager: `x2 @ weight.T + bias + delta`, the frozen GEMM accumulating onto `delta`'s buffer (which
+    the caller owns and never reuses). Functional: `delta` alone; the caller adds the frozen layer's
+    output outside the autograd Function, in the layer's own shape, where inductor fuses the add into
+    the consumer (an add inside, on 2-D tensors, becomes an addmm that first copies `delta`)."""
     if functional():
-        return torch.nn.functional.linear(x2, weight, bias) + delta
+        return delta
     delta.addmm_(x2, weight.t())
     if bias is not None:
         delta.add_(bias)
     return delta
 
 
-def finish_grad(delta: torch.Tensor, gy: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """`gy @ weight + delta` (the input gradient), accumulating onto `delta`'s buffer in eager mode."""
-    if functional():
-        return gy @ weight + delta
+def finish_grad(delta: torch.Tensor, gy: torch.Tensor, weight: torch.Tensor, functional_fwd: bool) -> torch.Tensor:
+    """Eager: `gy @ weight + delta` (the input gradient) accumulated onto `delta`'s buffer.
+    Functional: `delta` alone (autograd of the frozen layer supplies `gy @ weight`). The choice is the
+    forward's (`ctx.functional`), since the backward may run outside the context that chose it."""
+    if functional_fwd:
+        return delta
     return delta.addmm_(gy, weight)
+
+
+def with_base(y2: torch.Tensor, x: torch.Tensor, base) -> torch.Tensor:
+    """The layer's output from a Function's 2-D result: adds the frozen layer in functional mode."""
+    y = y2.view(*x.shape[:-1], y2.shape[-1])
+    if functional():
+        y = torch.nn.functional.linear(x, base.weight, base.bias) + y
+    return y
 
 
 def acc_dtype(t: torch.Tensor) -> torch.dtype:

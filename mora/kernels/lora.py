@@ -7,6 +7,8 @@ LoRA, `y = x W0^T + b + s (x A^T) B^T`:
 DoRA, `y = g * (x W0^T + s (x A^T) B^T) + b`, `g = m / ||W0 + s B A||_row` (norm detached):
   the row norm comes from ||W0||^2 (cached while W0 is unchanged), W0 A^T (d x r) and A A^T (r x r),
   never from a dense W0 + s B A; backward gets dL/dm from the saved output (y / m = pre-scale / norm).
+Under torch.compile (functional formulation, see common.py) the Functions return the low-rank term
+alone and the frozen output is added (and, for DoRA, scaled) outside them, where inductor fuses it.
 
 The plain-torch twins these are tested against are the layers' reference paths
 (`LoRALayer.adapted_forward`, `DoRALayer.adapted_forward`): tests/test_kernels.py and
@@ -18,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .common import acc_dtype, finish, finish_grad, functional, lowrank
+from .common import acc_dtype, finish, finish_grad, functional, with_base
 
 
 class LoRAFunction(torch.autograd.Function):
@@ -26,13 +28,8 @@ class LoRAFunction(torch.autograd.Function):
     def forward(ctx, x2, weight, bias, A, B, scaling, flags):
         need_x, need_A, need_B = flags
         u = x2 @ A.t()
-        Bs = B * scaling
-        if functional():
-            y = F.linear(x2, weight, bias) + lowrank(u, Bs.t())
-        else:
-            y = finish(torch.mm(u, Bs.t()), x2, weight, bias)
-        ctx.scaling = scaling
-        ctx.flags = flags
+        y = finish(torch.mm(u, (B * scaling).t()), x2, weight, bias)
+        ctx.scaling, ctx.flags, ctx.functional = scaling, flags, functional()
         ctx.save_for_backward(x2 if need_A else None, weight, A, B, u if need_B else None)
         return y
 
@@ -40,21 +37,18 @@ class LoRAFunction(torch.autograd.Function):
     def backward(ctx, gy):
         x2, weight, A, B, u = ctx.saved_tensors
         need_x, need_A, need_B = ctx.flags
-        gx, gA, gB = _lora_backward(gy, x2, weight, A, B, u, ctx.scaling, need_x, need_A, need_B)
+        gx, gA, gB = _lora_backward(gy, x2, weight, A, B, u, ctx.scaling, need_x, need_A, need_B, ctx.functional)
         return gx, None, None, gA, gB, None, None
 
 
-def _lora_backward(gy, x2, weight, A, B, u, scaling, need_x, need_A, need_B):
+def _lora_backward(gy, x2, weight, A, B, u, scaling, need_x, need_A, need_B, functional_fwd):
     gx = gA = gB = None
     if need_x or need_A:
         gu = (gy @ B) * scaling
         if need_A:
             gA = gu.t() @ x2
         if need_x:
-            if functional():
-                gx = gy @ weight + lowrank(gu, A)
-            else:
-                gx = finish_grad(torch.mm(gu, A), gy, weight)
+            gx = finish_grad(torch.mm(gu, A), gy, weight, functional_fwd)
     if need_B:
         gB = (gy.t() @ u) * scaling
     return gx, gA, gB
@@ -62,19 +56,18 @@ def _lora_backward(gy, x2, weight, A, B, u, scaling, need_x, need_A, need_B):
 
 def lora_forward(layer, x: torch.Tensor) -> torch.Tensor:
     base = layer.base
-    lead = x.shape[:-1]
     x2 = x.reshape(-1, layer.in_features)
     A, B = layer.lora_A, layer.lora_B
     flags = (x.requires_grad, A.requires_grad, B.requires_grad)
     y = LoRAFunction.apply(x2, base.weight, base.bias, A, B, float(layer.scaling), flags)
-    return y.view(*lead, layer.out_features)
+    return with_base(y, x, base)
 
 
 # -- DoRA ------------------------------------------------------------------------------------------
 
 
 def _weight_sq_norms(layer) -> torch.Tensor:
-    """||W0||^2 per output row in fp32; cached (eager only) until W0 is modified in place or replaced."""
+    """||W0||^2 per output row (fp32 or wider); cached (eager only) until W0 is modified or replaced."""
     weight = layer.base.weight
     if functional():
         return torch.linalg.vector_norm(weight, dim=1, dtype=acc_dtype(weight)).square()
@@ -103,17 +96,15 @@ def dora_row_norm(layer) -> torch.Tensor:
 
 
 class DoRAFunction(torch.autograd.Function):
+    """Eager only (the functional formulation composes LoRAFunction with autograd ops)."""
+
     @staticmethod
     def forward(ctx, x2, weight, bias, A, B, m, norm, scaling, flags):
         need_x, need_A, need_B, need_m = flags
         g = m.to(norm.dtype) / norm
         u = x2 @ A.t()
-        Bs = B * scaling
-        if functional():
-            y = ((F.linear(x2, weight) + lowrank(u, Bs.t())) * g).to(x2.dtype)
-        else:
-            y = finish(torch.mm(u, Bs.t()), x2, weight, None)
-            y.mul_(g)
+        y = finish(torch.mm(u, (B * scaling).t()), x2, weight, None)
+        y.mul_(g)
         ctx.scaling = scaling
         ctx.flags = flags
         ctx.save_for_backward(
@@ -129,17 +120,23 @@ class DoRAFunction(torch.autograd.Function):
         if need_m:
             # d y / d m = pre-scale output / norm = y / m.
             gm = ((gy * y).sum(0, dtype=acc_dtype(gy)) / m.to(acc_dtype(gy))).to(m.dtype)
-        gyg = (gy * g).to(gy.dtype)
-        gx, gA, gB = _lora_backward(gyg, x2, weight, A, B, u, ctx.scaling, need_x, need_A, need_B)
+        gyg = gy * g.to(gy.dtype)
+        gx, gA, gB = _lora_backward(gyg, x2, weight, A, B, u, ctx.scaling, need_x, need_A, need_B, False)
         return gx, None, None, gA, gB, gm, None, None, None
 
 
 def dora_forward(layer, x: torch.Tensor) -> torch.Tensor:
     base = layer.base
-    lead = x.shape[:-1]
     x2 = x.reshape(-1, layer.in_features)
     A, B, m = layer.lora_A, layer.lora_B, layer.dora_magnitude
     norm = dora_row_norm(layer)
+    scaling = float(layer.scaling)
+    if functional():
+        flags = (x.requires_grad, A.requires_grad, B.requires_grad)
+        delta = LoRAFunction.apply(x2, base.weight, None, A, B, scaling, flags)
+        g = (m.to(norm.dtype) / norm).to(x.dtype)  # in the model dtype, as the reference: bf16 saved tensors
+        y = (F.linear(x, base.weight) + delta.view(*x.shape[:-1], -1)) * g
+        return y if base.bias is None else y + base.bias
     flags = (x.requires_grad, A.requires_grad, B.requires_grad, m.requires_grad)
-    y = DoRAFunction.apply(x2, base.weight, base.bias, A, B, m, norm, float(layer.scaling), flags)
-    return y.view(*lead, layer.out_features)
+    y = DoRAFunction.apply(x2, base.weight, base.bias, A, B, m, norm, scaling, flags)
+    return y.view(*x.shape[:-1], layer.out_features)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .common import acc_dtype, finish, finish_grad, functional, pad_cols, pad_square, pad_to
+from .common import acc_dtype, finish, finish_grad, functional, pad_cols, pad_square, pad_to, with_base
 
 # -- column maps shared by sharing and the block kinds --------------------------------------------
 
@@ -144,7 +144,7 @@ class SharingFunction(torch.autograd.Function):
         z = pad_cols(_compress(x2, r_hat, pad, cmode).to(x2.dtype), width)
         w = (z @ pad_square(M, width).t())[:, :r_hat]
         y = finish(_decompress(w, weight.shape[0], dmode), x2, weight, bias)
-        ctx.geo, ctx.flags = geo, flags
+        ctx.geo, ctx.flags, ctx.functional = geo, flags, functional()
         ctx.save_for_backward(z if need_M else None, weight, M)
         return y
 
@@ -159,7 +159,7 @@ class SharingFunction(torch.autograd.Function):
             gM = (gw.t() @ z)[:r_hat, :r_hat].contiguous()
         if need_x:
             gz = (gw @ pad_square(M, width))[:, :r_hat]
-            gx = finish_grad(_compress_t(gz, weight.shape[1], pad, cmode), gy, weight)
+            gx = finish_grad(_compress_t(gz, weight.shape[1], pad, cmode), gy, weight, ctx.functional)
         return gx, None, None, gM, None, None
 
 
@@ -181,7 +181,10 @@ def block_plan(layer):
     used = -(-width // r)  # blocks whose outputs land in the first `width` flat positions
     n_batch = min(nbf, width // r)  # leading blocks read in place from x with all r outputs kept
     rotate = layer.config.kind == "rotation"
-    return (r, k, d, nbf, rem, pad, used, width, n_batch, tile, rotate)
+    # cuBLAS runs batched GEMMs whose block offsets are not 16-byte aligned (r̂ = 348, 1966) on slow
+    # sm80 kernels; such r̂ go through a zero-padded blocked copy (r̂ rounded up to a multiple of 8).
+    rp = pad_to(r) if r % 8 else r
+    return (r, k, d, nbf, rem, pad, used, width, n_batch, tile, rotate, rp)
 
 
 def rope_tables(layer, used, device, dtype):
@@ -191,12 +194,14 @@ def rope_tables(layer, used, device, dtype):
         return cos[:used], sin[:used]
     from mora.adapters.mora import ROPE_BASE
 
+    # Traced, the tables are recomputed inside the fused kernel that builds W_b, once per element of
+    # W_b: in `dtype` (fp32 for bf16 models), not float64, whose trig cost ~1 ms per step there.
     r = layer.r_hat
     half = r // 2
-    inv_freq = ROPE_BASE ** (-torch.arange(half, dtype=torch.float64, device=device) * 2 / r)
-    angles = torch.outer(torch.arange(used, dtype=torch.float64, device=device), inv_freq)
+    inv_freq = ROPE_BASE ** (-torch.arange(half, dtype=dtype, device=device) * 2 / r)
+    angles = torch.outer(torch.arange(used, dtype=dtype, device=device), inv_freq)
     angles = torch.cat([angles, angles], dim=-1)
-    return angles.cos().to(dtype), angles.sin().to(dtype)
+    return angles.cos(), angles.sin()
 
 
 def block_weights(M: torch.Tensor, used: int, tables) -> torch.Tensor:
@@ -212,7 +217,7 @@ def block_weights(M: torch.Tensor, used: int, tables) -> torch.Tensor:
 
 
 def _extra_blocks(plan):
-    r, k, d, nbf, rem, pad, used, width, n_batch, tile, rotate = plan
+    r, k, d, nbf, rem, pad, used, width, n_batch, tile, rotate, rp = plan
     for b in range(n_batch, used):
         yield b, min(r, width - b * r), b >= nbf
 
@@ -223,9 +228,11 @@ def _blocks_view(t: torch.Tensor, n: int, r: int) -> torch.Tensor:
 
 
 class BlockFunction(torch.autograd.Function):
+    """Blocks read in place from x (r̂ a multiple of 8)."""
+
     @staticmethod
     def forward(ctx, x2, weight, bias, Wb, plan, flags):
-        r, k, d, nbf, rem, pad, used, width, n_batch, tile, rotate = plan
+        r, k, d, nbf, rem, pad, used, width, n_batch, tile, rotate, rp = plan
         rows = x2.shape[0]
         if functional():
             parts = []
@@ -264,7 +271,7 @@ class BlockFunction(torch.autograd.Function):
                 delta[:, pos : pos + n].copy_(delta[:, :n])
                 pos += n
         y = finish(delta, x2, weight, bias)
-        ctx.plan, ctx.flags = plan, flags
+        ctx.plan, ctx.flags, ctx.functional = plan, flags, functional()
         need_x, need_W = flags
         ctx.save_for_backward(x2 if need_W else None, weight, Wb)
         return y
@@ -273,7 +280,7 @@ class BlockFunction(torch.autograd.Function):
     def backward(ctx, gy):
         x2, weight, Wb = ctx.saved_tensors
         plan, (need_x, need_W) = ctx.plan, ctx.flags
-        r, k, d, nbf, rem, pad, used, width, n_batch, tile, rotate = plan
+        r, k, d, nbf, rem, pad, used, width, n_batch, tile, rotate, rp = plan
         gy = gy.contiguous()
         rows = gy.shape[0]
         gflat = mod_sum(gy, width).to(gy.dtype) if tile else gy
@@ -281,7 +288,7 @@ class BlockFunction(torch.autograd.Function):
         if need_W:
             gW = _block_products(gflat, x2, plan).to(Wb.dtype)
         if need_x:
-            if functional():
+            if ctx.functional:
                 parts = []
                 if n_batch:
                     out = torch.bmm(_blocks_view(gflat, n_batch, r), Wb[:n_batch])
@@ -317,14 +324,14 @@ class BlockFunction(torch.autograd.Function):
                         covered = (b + 1) * r
                 if covered < k:
                     gxd[:, covered:].zero_()
-            gx = finish_grad(gxd, gy, weight)
+            gx = finish_grad(gxd, gy, weight, ctx.functional)
         return gx, None, None, gW, None, None
 
 
 def _block_products(gflat, x2, plan):
     """dL/dW_b = G_b = gflat_b^T x_b per used block, fp32 (used, r̂, r̂); rows past the truncation are 0.
     Autograd takes it back through `block_weights` to dL/dM = sum_b G_b R_b^T (tiny tensors)."""
-    r, k, d, nbf, rem, pad, used, width, n_batch, tile, rotate = plan
+    r, k, d, nbf, rem, pad, used, width, n_batch, tile, rotate, rp = plan
     blocks = []
     if n_batch:
         gv = gflat[:, : n_batch * r].view(-1, n_batch, r).permute(1, 2, 0)
@@ -341,6 +348,64 @@ def _block_products(gflat, x2, plan):
     return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=0)
 
 
+def _blocked(t: torch.Tensor, n_cols: int, used: int, r: int, rp: int) -> torch.Tensor:
+    """(M, used, rp) contiguous: the first used*r columns of t (zero-extended past n_cols) in blocks of
+    r, each zero-padded to rp columns."""
+    rows = t.shape[0]
+    want = used * r
+    if t.shape[1] > want:
+        t = t[:, :want]
+    elif t.shape[1] < want:
+        t = F.pad(t, (0, want - t.shape[1]))
+    return F.pad(t.reshape(rows, used, r), (0, rp - r))
+
+
+class PaddedBlockFunction(torch.autograd.Function):
+    """Blocks copied once into an aligned (M, blocks, r̂p) layout, r̂p = r̂ rounded up to 8, so the
+    batched GEMMs run on cuBLAS's fast Hopper kernels (one extra pass over x beats 5x slower GEMMs)."""
+
+    @staticmethod
+    def forward(ctx, x2, weight, bias, Wb, plan, flags):
+        r, k, d, nbf, rem, pad, used, width, n_batch, tile, rotate, rp = plan
+        rows = x2.shape[0]
+        wrapped = used * r > k  # the wrap-padded last block is among the used ones
+        src = torch.cat([x2, x2[:, :pad]], dim=1) if wrapped else x2
+        xb = _blocked(src, src.shape[1], used, r, rp)
+        wp = F.pad(Wb, (0, rp - r, 0, rp - r))
+        out = torch.bmm(xb.transpose(0, 1), wp.transpose(1, 2))  # (used, M, rp)
+        flat = out[..., :r].transpose(0, 1).reshape(rows, used * r)[:, :width]
+        if tile:
+            delta = tile_cols(flat, d)
+        else:
+            delta = flat if functional() else flat.contiguous()
+        y = finish(delta, x2, weight, bias)
+        ctx.plan, ctx.flags, ctx.functional = plan, flags, functional()
+        need_x, need_W = flags
+        ctx.save_for_backward(xb if need_W else None, weight, wp)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        xb, weight, wp = ctx.saved_tensors
+        plan, (need_x, need_W) = ctx.plan, ctx.flags
+        r, k, d, nbf, rem, pad, used, width, n_batch, tile, rotate, rp = plan
+        rows = gy.shape[0]
+        gflat = mod_sum(gy, width).to(gy.dtype) if tile else gy
+        gb = _blocked(gflat, width, used, r, rp)  # (M, used, rp)
+        gW = gx = None
+        if need_W:
+            gW = torch.bmm(gb.permute(1, 2, 0), xb.transpose(0, 1))[:, :r, :r].to(wp.dtype)
+        if need_x:
+            gxb = torch.bmm(gb.transpose(0, 1), wp)  # (used, M, rp)
+            gxw = gxb[..., :r].transpose(0, 1).reshape(rows, used * r)
+            n = min(used * r, k)
+            gxd = gxw[:, :n] if n == k else F.pad(gxw[:, :n], (0, k - n))
+            if used * r > k:
+                gxd = gxd + F.pad(gxw[:, k : k + pad], (0, k - pad))
+            gx = finish_grad(gxd if ctx.functional else gxd.contiguous(), gy, weight, ctx.functional)
+        return gx, None, None, gW, None, None
+
+
 # -- truncation (Eq. 4) -----------------------------------------------------------------------------
 
 
@@ -352,11 +417,11 @@ class TruncationFunction(torch.autograd.Function):
         rd, rk = min(d, r), min(k, r)
         msub = M[:rd, :rk]
         if functional():
-            y = F.linear(x2, weight, bias) + F.pad(x2[:, :rk] @ msub.t(), (0, d - rd))
+            y = F.pad(x2[:, :rk] @ msub.t(), (0, d - rd))
         else:
             y = torch.mm(x2, weight.t()) if bias is None else torch.addmm(bias, x2, weight.t())
             y[:, :rd].addmm_(x2[:, :rk], msub.t())
-        ctx.flags = flags
+        ctx.flags, ctx.functional = flags, functional()
         need_x, need_M = flags
         ctx.save_for_backward(x2[:, :rk].contiguous() if need_M else None, weight, M)
         return y
@@ -372,8 +437,8 @@ class TruncationFunction(torch.autograd.Function):
         if need_M:
             gM = F.pad(gy[:, :rd].t() @ xs, (0, r - rk, 0, r - rd))
         if need_x:
-            if functional():
-                gx = gy @ weight + F.pad(gy[:, :rd] @ M[:rd, :rk], (0, k - rk))
+            if ctx.functional:
+                gx = F.pad(gy[:, :rd] @ M[:rd, :rk], (0, k - rk))
             else:
                 gx = gy @ weight
                 gx[:, :rk].addmm_(gy[:, :rd], M[:rd, :rk])
@@ -389,23 +454,22 @@ def mora_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
     kind = layer.config.kind
     M = layer.mora_M
     base = layer.base
-    lead = x.shape[:-1]
     x2 = x.reshape(-1, layer.in_features)
     if kind == "sharing":
-        flags = (x.requires_grad, M.requires_grad)
         cmode, dmode = SHARING_GROUPINGS[layer.sharing_type]
         geo = (layer.r_hat, layer.pad if cmode == "modulo" else 0, cmode, dmode, pad_to(layer.r_hat))
-        y = SharingFunction.apply(x2, base.weight, base.bias, M, geo, flags)
+        y = SharingFunction.apply(x2, base.weight, base.bias, M, geo, (x.requires_grad, M.requires_grad))
     elif kind in ("rotation", "decouple"):
         plan = block_plan(layer)
         if plan is None:
             return None
-        used = plan[6]
-        tables = rope_tables(layer, used, M.device, acc_dtype(M)) if plan[-1] else None
+        used, rotate, rp = plan[6], plan[10], plan[11]
+        tables = rope_tables(layer, used, M.device, acc_dtype(M)) if rotate else None
         Wb = block_weights(M, used, tables)
-        y = BlockFunction.apply(x2, base.weight, base.bias, Wb, plan, (x.requires_grad, Wb.requires_grad))
+        fn = PaddedBlockFunction if rp != layer.r_hat else BlockFunction
+        y = fn.apply(x2, base.weight, base.bias, Wb, plan, (x.requires_grad, Wb.requires_grad))
     elif kind == "truncation":
         y = TruncationFunction.apply(x2, base.weight, base.bias, M, (x.requires_grad, M.requires_grad))
     else:
         return None
-    return y.view(*lead, layer.out_features)
+    return with_base(y, x, base)

@@ -10,8 +10,9 @@ from typing import Any, Callable
 
 from transformers import TrainerCallback
 
-from ..adapters import merge_and_reinit, reset_optimizer_state, restart_parameters
 from ..runs import STATUS_RUNNING, RunDir
+from .distributed import barrier, is_main_process
+from .zero import restart_adapters
 
 log = logging.getLogger("mora")
 COMPLETE_MARKER = "COMPLETE"
@@ -23,7 +24,8 @@ class NonFiniteLossError(RuntimeError):
 
 class RestartCallback(TrainerCallback):
     """ReLoRA / ReMoRA: every `every` steps merge the adapters into W0, re-initialise them and reset
-    their optimizer state (the jagged re-warm lives in the LR schedule)."""
+    their optimizer state (the jagged re-warm lives in the LR schedule). Under DeepSpeed ZeRO the merge
+    gathers the shards and the reset reaches DeepSpeed's fp32 master and moments (mora.training.zero)."""
 
     def __init__(self, every: int, reset_mode: str, keep: float):
         self.every, self.reset_mode, self.keep = every, reset_mode, keep
@@ -32,8 +34,7 @@ class RestartCallback(TrainerCallback):
         step = state.global_step
         if step % self.every or step >= state.max_steps:
             return
-        layers = merge_and_reinit(model)
-        touched = reset_optimizer_state(optimizer, restart_parameters(model), self.reset_mode, self.keep)
+        layers, touched = restart_adapters(model, optimizer, self.reset_mode, self.keep)
         log.info("restart at step %d: merged %d adapter layers, reset %d optimizer tensors", step, layers, touched)
 
 
@@ -81,10 +82,14 @@ class RunRecorder(TrainerCallback):
             self._write(STATUS_RUNNING)
 
     def on_save(self, args, state, control, **kwargs):
-        (Path(args.output_dir) / f"checkpoint-{state.global_step}" / COMPLETE_MARKER).touch()
+        barrier()  # several processes: every one has written its shards before the marker appears
+        if is_main_process():
+            (Path(args.output_dir) / f"checkpoint-{state.global_step}" / COMPLETE_MARKER).touch()
         self._write(STATUS_RUNNING)
 
     def _write(self, status: str) -> None:
+        if not is_main_process():
+            return
         self.metrics["status"] = status
         history = self.state.log_history if self.state is not None else []
         self.metrics["train_loss"] = [[h["step"], h["loss"]] for h in history if "loss" in h]

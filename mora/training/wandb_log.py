@@ -15,6 +15,37 @@ from transformers import TrainerCallback
 log = logging.getLogger("mora")
 
 
+def dashboard_config(summary: dict[str, Any], run_id: str, group: str | None) -> dict[str, Any]:
+    """The run's identifying keys, flat, so a dashboard filters and groups by any of them."""
+    return {**summary, "run_id": run_id, "artifact": group or summary.get("experiment")}
+
+
+def log_evaluation(settings: dict[str, Any], run_dir: str, run_id: str, summary: dict[str, Any], group: str | None,
+                   scores: dict[str, Any]) -> None:
+    """A run's scores computed after the fact (`python -m mora.evaluate`) as a wandb run of its own,
+    `<run_id>-eval`, in the run's group, with the same flat config (job type `<method>`)."""
+    try:
+        import wandb
+
+        run = wandb.init(
+            project=settings.get("project", "mora-bench"),
+            entity=settings.get("entity"),
+            mode=settings.get("mode", "offline"),
+            dir=run_dir,
+            id=f"{run_id}-eval",
+            name=f"{run_id}-eval",
+            resume="allow",
+            group=group or summary.get("experiment"),
+            job_type=str(summary.get("method")),
+            config={**dashboard_config(summary, run_id, group), "stage": "eval"},
+            reinit="finish_previous",
+        )
+        run.summary.update({f"eval/{k}": v for k, v in scores.items()})
+        run.finish()
+    except Exception as exc:  # wandb is a mirror: never a reason for evaluation to fail
+        warnings.warn(f"wandb logging of the evaluation failed: {type(exc).__name__}: {exc}", stacklevel=2)
+
+
 class WandbLogger(TrainerCallback):
     def __init__(self, settings: dict[str, Any], run_dir: str, run_id: str, summary: dict[str, Any], group: str | None):
         self.settings = settings
@@ -38,8 +69,9 @@ class WandbLogger(TrainerCallback):
                 resume="allow",
                 group=self.group or self.summary.get("experiment"),
                 job_type=str(self.summary.get("method")),
-                config=self.summary,
+                config=dashboard_config(self.summary, self.run_id, self.group),
                 reinit="finish_previous",
+                settings=wandb.Settings(silent=True, console="off"),
             )
         except Exception as exc:  # wandb missing, misconfigured or offline-broken: keep training
             warnings.warn(f"wandb logging disabled: {type(exc).__name__}: {exc}", stacklevel=2)
@@ -59,6 +91,15 @@ class WandbLogger(TrainerCallback):
         except Exception as exc:
             warnings.warn(f"wandb log failed, disabling it: {exc}", stacklevel=2)
             self.run = None
+
+    def log_summary(self, values: dict[str, Any]) -> None:
+        """Scores computed after training (lm-eval, perplexity, spectrum) into the run's summary."""
+        if self.run is None:
+            return
+        try:
+            self.run.summary.update({f"eval/{k}": v for k, v in values.items()})
+        except Exception as exc:
+            warnings.warn(f"wandb summary update failed: {exc}", stacklevel=2)
 
     def finish(self, summary: dict[str, Any]) -> None:
         if self.run is None:

@@ -1,0 +1,168 @@
+"""Where a builder's rows come from: a hub dataset id or local files, with schema checks on every row.
+
+A real run names the hub dataset the paper used (`allenai/tulu-v2-sft-mixture`); a user with a local copy,
+and every test, names files instead. Both yield the same rows, so builders never know which it was.
+Local formats: .jsonl (one object a line), .json (a list of objects), .parquet, .txt (a whole file is one
+row `{"text": ...}`); a directory or a glob pattern stands for every such file it holds, in sorted order.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".txt")
+
+# A schema maps field names to `str`, a nested schema dict, or a one-item list [item schema]; extra
+# fields in a row are allowed (hub datasets carry ids and provenance columns).
+Schema = dict[str, Any]
+
+
+def describe(spec: Any) -> str:
+    """A schema as a short literal, for error messages: {messages: [{role: str, content: str}]}."""
+    if isinstance(spec, dict):
+        return "{" + ", ".join(f"{k}: {describe(v)}" for k, v in spec.items()) + "}"
+    if isinstance(spec, list):
+        return f"[{describe(spec[0])}, ...]"
+    return spec.__name__
+
+
+def _mismatch(value: Any, spec: Any, path: str) -> str | None:
+    if isinstance(spec, dict):
+        if not isinstance(value, dict):
+            return f"{path or 'the row'} is {type(value).__name__}, expected an object"
+        for key, sub in spec.items():
+            field = f"{path}.{key}" if path else key
+            if key not in value:
+                return f"field '{field}' is missing (fields present: {sorted(value)})"
+            problem = _mismatch(value[key], sub, field)
+            if problem:
+                return problem
+        return None
+    if isinstance(spec, list):
+        if not isinstance(value, list) or not value:
+            shown = "an empty list" if isinstance(value, list) else type(value).__name__
+            return f"field '{path}' is {shown}, expected a non-empty list"
+        for i, item in enumerate(value):
+            problem = _mismatch(item, spec[0], f"{path}[{i}]")
+            if problem:
+                return problem
+        return None
+    if not isinstance(value, spec):
+        return f"field '{path}' is {type(value).__name__}, expected {spec.__name__}"
+    return None
+
+
+def check_row(row: Any, schema: Schema, where: str) -> None:
+    """Raise a ValueError naming the missing or mistyped field and the schema the builder expects."""
+    problem = _mismatch(row, schema, "")
+    if problem:
+        raise ValueError(f"{where}: {problem}; this builder expects rows like {describe(schema)}")
+
+
+def looks_local(source: str) -> bool:
+    """Paths, globs and file names are local; anything else (`owner/name`) is a hub dataset id."""
+    return (
+        any(c in source for c in "*?[")
+        or source.startswith((".", "/", "~"))
+        or source.endswith(LOCAL_SUFFIXES)
+        or os.path.exists(source)
+    )
+
+
+@dataclass
+class Source:
+    """A hub dataset (id, config, split, revision; streamed when `streaming`) or local files."""
+
+    name: str
+    split: str = "train"
+    hub_config: str | None = None
+    revision: str | None = None
+    streaming: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"data source must be a hub dataset id or a local path, got {self.name!r}")
+        self.local = looks_local(self.name)
+        self.files = _local_files(self.name) if self.local else []
+        if self.local and self.streaming:
+            raise ValueError(f"{self.name}: streaming reads hub datasets; local files are read whole: set streaming=false")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What the cache is keyed on: resolved files with size and mtime, or the hub coordinates."""
+        if self.local:
+            stats = [(p, p.stat()) for p in self.files]
+            return {"files": [{"path": str(p), "size": s.st_size, "mtime_ns": s.st_mtime_ns} for p, s in stats]}
+        return {"hub": self.name, "config": self.hub_config, "split": self.split, "revision": self.revision}
+
+    def rows(self, schema: Schema, seed: int | None = None, shuffle_buffer: int = 10_000) -> Iterator[dict]:
+        """Every row, schema-checked. `seed` shuffles a hub stream through a buffer (map-style data is
+        shuffled by the builder after caching, so caches do not depend on the seed)."""
+        for where, row in self._local_rows() if self.local else self._hub_rows(seed, shuffle_buffer):
+            check_row(row, schema, where)
+            yield row
+
+    def _local_rows(self) -> Iterator[tuple[str, Any]]:
+        for path in self.files:
+            if path.suffix == ".txt":
+                yield str(path), {"text": path.read_text(encoding="utf-8")}
+            elif path.suffix == ".jsonl":
+                with path.open(encoding="utf-8") as fh:
+                    for n, line in enumerate(fh, 1):
+                        if line.strip():
+                            yield f"{path} line {n}", _parse_json(line, f"{path} line {n}")
+            elif path.suffix == ".json":
+                items = _parse_json(path.read_text(encoding="utf-8"), str(path))
+                if not isinstance(items, list):
+                    raise ValueError(f"{path}: a .json source must hold a list of row objects, not a {type(items).__name__}")
+                for i, item in enumerate(items):
+                    yield f"{path} item {i}", item
+            else:
+                import pyarrow.parquet as pq
+
+                n = 0
+                for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+                    for row in batch.to_pylist():
+                        yield f"{path} row {n}", row
+                        n += 1
+
+    def _hub_rows(self, seed: int | None, shuffle_buffer: int) -> Iterator[tuple[str, Any]]:
+        from datasets import load_dataset
+
+        dataset = load_dataset(
+            self.name, self.hub_config, split=self.split, streaming=self.streaming, revision=self.revision
+        )
+        if seed is not None and self.streaming:
+            dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer)
+        label = f"{self.name}" + (f" ({self.hub_config})" if self.hub_config else "") + f" split {self.split}"
+        for i, row in enumerate(dataset):
+            yield f"{label} row {i}", row
+
+
+def _parse_json(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+
+
+def _local_files(source: str) -> list[Path]:
+    pattern = os.path.expanduser(source)
+    if os.path.isdir(pattern):
+        found = sorted(p for p in Path(pattern).iterdir() if p.suffix in LOCAL_SUFFIXES)
+    else:
+        found = sorted(Path(p) for p in glob.glob(pattern))
+    if not found:
+        raise ValueError(
+            f"data source {source!r} matches no local file (relative paths start at {os.getcwd()}); "
+            f"give an existing {'/'.join(LOCAL_SUFFIXES)} file, a directory or a glob, or a hub id like owner/name"
+        )
+    unknown = [p for p in found if p.suffix not in LOCAL_SUFFIXES]
+    if unknown:
+        raise ValueError(f"{unknown[0]}: unsupported file type; local sources must be {', '.join(LOCAL_SUFFIXES)}")
+    return [p.resolve() for p in found]

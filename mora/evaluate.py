@@ -1,0 +1,258 @@
+"""Hydra entry point: score a finished run on its benchmark (lm-eval suites, perplexity, spectrum).
+
+    python -m mora.evaluate experiment=metamath_gsm8k_mini method=mora method.r=8 benchmark=math_mini
+    python -m mora.evaluate benchmark=mmlu_dev benchmark.run_dir=runs/tulu_mmlu_mini/0123456789ab
+
+The run is found the way `mora.train` names it (the same overrides give the same run id; the
+benchmark is not part of the id), or given as `benchmark.run_dir`. `mora.train` calls the same code
+right after training when the benchmark says `after_training: true`.
+
+Written into the run directory: `lm_eval/<suite>.json` (lm-eval's results JSON), `spectrum.json`, and
+in `metrics.json`: `scores` (headline numbers, in percent for accuracies: what the tables read),
+`benchmarks` (per suite: tasks, shots, limit, file) and `spectrum` (the per-module-type means). A
+suite already scored with the same settings is not scored again (`benchmark.force=true` redoes it).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .runs import CONFIG_NAME, STATUS_COMPLETED, RunDir, read_json, write_json_atomic
+
+log = logging.getLogger("mora")
+LM_EVAL_DIR = "lm_eval"
+
+
+def _as_dict(cfg: Any) -> dict:
+    if cfg is None:
+        return {}
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return dict(cfg)
+
+
+def wants_evaluation(bench: Any) -> bool:
+    bench = _as_dict(bench)
+    return bool(bench.get("suites") or bench.get("perplexity") or bench.get("spectrum"))
+
+
+def load_model(run_path: Path, run_config: dict, which: str = "merged", dtype: str | None = None):
+    """(model, tokenizer) of a finished run: its merged model (a plain transformers checkpoint), or
+    the base model rebuilt from the run's config plus its saved adapter."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if which == "merged":
+        merged = run_path / "merged"
+        if not (merged / "config.json").is_file():
+            raise ValueError(f"{merged} holds no saved model; the run did not finish (see {run_path / 'metrics.json'})")
+        kwargs = {"dtype": dtype} if dtype else {}
+        return AutoModelForCausalLM.from_pretrained(merged, **kwargs), AutoTokenizer.from_pretrained(merged)
+    if which != "adapter":
+        raise ValueError(f"benchmark.model must be merged or adapter, got {which!r}")
+    from .adapters import load_adapter
+
+    if not (run_path / "adapter").is_dir():
+        method = run_config.get("method", {}).get("method")
+        raise ValueError(f"{run_path} has no adapter/ (method {method} trains the whole model): use benchmark.model=merged")
+    model, tokenizer = rebuild_base(run_config)
+    load_adapter(model, run_path / "adapter")
+    return model, tokenizer
+
+
+def rebuild_base(run_config: dict):
+    """(model, tokenizer) before training, built as train.py builds them: seed, tokenizer, data task,
+    evaluator, network, in that order, so a random initialisation comes out the same."""
+    from hydra.utils import instantiate
+    from transformers import set_seed
+
+    cfg = OmegaConf.create(run_config)
+    set_seed(cfg.seed)
+    tokenizer = instantiate(cfg.model.tokenizer)
+    instantiate(cfg.data.builder, tokenizer=tokenizer)
+    if cfg.eval.get("metric"):
+        instantiate(cfg.eval.metric)
+    return instantiate(cfg.model.network, tokenizer=tokenizer), tokenizer
+
+
+def initial_weights(run_path: Path, run_config: dict) -> dict[str, torch.Tensor]:
+    """The projections' weights before training: the snapshot train.py wrote, else the base network
+    rebuilt from the run's config under its seed (exact for pretrained bases; for random-init ones it
+    repeats train.py's construction order, which the tests check against a snapshot)."""
+    from .evaluation.spectrum import SNAPSHOT_NAME, load_snapshot, projection_weights
+
+    snapshot = run_path / SNAPSHOT_NAME
+    if snapshot.is_file():
+        return load_snapshot(snapshot)
+    log.warning("%s has no %s: rebuilding the initial weights from the config and seed", run_path, SNAPSHOT_NAME)
+    model, _ = rebuild_base(run_config)
+    return {name: w.detach().to("cpu") for name, w in projection_weights(model).items()}
+
+
+def _suite_key(suite: dict, bench: dict) -> dict:
+    return {
+        "tasks": list(suite.get("tasks") or []),
+        "num_fewshot": suite.get("num_fewshot"),
+        "scores": dict(suite.get("scores") or {}),
+        "limit": bench.get("limit"),
+        "gen_kwargs": bench.get("gen_kwargs"),
+        "model": bench.get("model", "merged"),
+    }
+
+
+def evaluate_run(
+    run_path: str | Path,
+    bench: Any,
+    run_config: dict | None = None,
+    on_scores: Callable[[dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
+    """Score the finished run in `run_path` on `bench` (a conf/benchmark config); returns the updated
+    metrics. Each finished piece is written to metrics.json at once, so an interrupted evaluation
+    keeps what it has."""
+    from .evaluation.harness import EVAL_DIR, Suite, headline, run_suite
+
+    run_path = Path(run_path)
+    bench = _as_dict(bench)
+    metrics_path = run_path / "metrics.json"
+    if not metrics_path.is_file():
+        raise ValueError(f"{run_path} is not a run directory (no metrics.json); train it first with mora.train")
+    metrics = read_json(metrics_path)
+    if metrics.get("status") != STATUS_COMPLETED:
+        raise ValueError(f"run {run_path} is {metrics.get('status')!r}, not completed; finish training it first")
+    run_config = run_config if run_config is not None else read_json(run_path / CONFIG_NAME)
+    suites = {name: Suite.from_dict(name, spec) for name, spec in (bench.get("suites") or {}).items()}
+    force = bool(bench.get("force"))
+    done = metrics.setdefault("benchmarks", {})
+    todo = [s for s in suites.values() if force or done.get(s.name, {}).get("key") != _suite_key(bench["suites"][s.name], bench)]
+    need_spectrum = bool(bench.get("spectrum")) and (force or "spectrum" not in metrics)
+    need_ppl = bool(bench.get("perplexity")) and (force or "perplexity" not in metrics.get("scores", {}))
+    if not (todo or need_spectrum or need_ppl):
+        return metrics
+
+    if bench.get("write_fixtures"):
+        if not bench.get("data_dir"):
+            raise ValueError("benchmark.write_fixtures needs benchmark.data_dir (where to write them)")
+        from .evaluation.fixtures import write_fixtures
+
+        write_fixtures(bench["data_dir"])
+    model, tokenizer = load_model(run_path, run_config, bench.get("model", "merged"), bench.get("dtype"))
+    device = bench.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    scores = metrics.setdefault("scores", {})
+    new_scores: dict[str, float] = {}
+
+    def save() -> None:
+        write_json_atomic(metrics_path, metrics)
+
+    for suite in todo:
+        log.info("run %s: lm-eval suite %s (%s)", run_path.name, suite.name, ", ".join(suite.tasks))
+        results = run_suite(
+            model,
+            tokenizer,
+            suite,
+            include_path=Path(bench.get("include_path") or EVAL_DIR),
+            data_dir=bench.get("data_dir"),
+            batch_size=int(bench.get("batch_size", 8)),
+            limit=bench.get("limit"),
+            gen_kwargs=bench.get("gen_kwargs"),
+            max_length=bench.get("max_length"),
+        )
+        out = run_path / LM_EVAL_DIR / f"{suite.name}.json"
+        write_json_atomic(out, results)
+        values = headline(results, suite)
+        scores.update(values)
+        new_scores.update(values)
+        done[suite.name] = {
+            "key": _suite_key(bench["suites"][suite.name], bench),
+            "file": str(out.relative_to(run_path)),
+            "lm_eval_version": results.get("lm_eval_version"),
+            "versions": results.get("versions", {}),
+            "n_samples": {t: v.get("effective", v.get("original")) for t, v in results.get("n-samples", {}).items()},
+            "scores": values,
+        }
+        log.info("run %s: %s", run_path.name, ", ".join(f"{k} {v:.2f}" for k, v in values.items()))
+        save()
+
+    if need_ppl:
+        from hydra.utils import instantiate
+
+        from .evaluation.perplexity import Perplexity
+
+        options = bench["perplexity"] if isinstance(bench["perplexity"], dict) else {}
+        cfg = OmegaConf.create(run_config)
+        task = instantiate(cfg.data.builder, tokenizer=instantiate(cfg.model.tokenizer))
+        values = Perplexity(**options)(model, tokenizer, task)
+        scores.update(values)
+        new_scores.update(values)
+        log.info("run %s: perplexity %.3f", run_path.name, values["perplexity"])
+        save()
+
+    if need_spectrum:
+        from .evaluation.spectrum import THRESHOLD, final_weights, spectrum
+
+        options = bench["spectrum"] if isinstance(bench["spectrum"], dict) else {}
+        result = spectrum(initial_weights(run_path, run_config), final_weights(model), float(options.get("threshold", THRESHOLD)))
+        write_json_atomic(run_path / "spectrum.json", result)
+        metrics["spectrum"] = {k: result[k] for k in ("threshold", "by_type", "layers")}
+        new_scores.update({f"spectrum/{k}": v for k, v in result["by_type"].items()})
+        log.info("run %s: singular values > %g per module type: %s", run_path.name, result["threshold"], result["by_type"])
+        save()
+
+    if on_scores and new_scores:
+        on_scores(new_scores)
+    return metrics
+
+
+def find_run(cfg: DictConfig) -> tuple[Path, dict]:
+    """The run directory `cfg` names: benchmark.run_dir, or the run id of the composed config."""
+    given = cfg.benchmark.get("run_dir")
+    if given:
+        path = Path(given)
+        if not (path / CONFIG_NAME).is_file():
+            raise ValueError(f"benchmark.run_dir={given} is not a run directory (no {CONFIG_NAME})")
+        return path, read_json(path / CONFIG_NAME)
+    container = OmegaConf.to_container(cfg, resolve=True)
+    run = RunDir(cfg.paths.runs_dir, cfg.experiment_name, container)
+    if not run.metrics_path.is_file():
+        raise ValueError(
+            f"no run {run.id} in {run.path.parent}: train it first with the same overrides "
+            "(python -m mora.train ...), or point benchmark.run_dir at a run directory"
+        )
+    return run.path, read_json(run.path / CONFIG_NAME)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    if not wants_evaluation(cfg.benchmark):
+        raise ValueError("benchmark has nothing to run (no suites, perplexity or spectrum): pick one, e.g. benchmark=mmlu_dev")
+    path, config = find_run(cfg)
+    wandb_settings = _as_dict(cfg.logger.get("wandb")) if cfg.get("logger") else {}
+    on_scores = None
+    if wandb_settings:
+        from .training.wandb_log import log_evaluation
+
+        summary = read_json(path / "metrics.json").get("summary", {})
+        group = config.get("artifact") or summary.get("experiment")
+        on_scores = lambda scores: log_evaluation(wandb_settings, str(path), path.name, summary, group, scores)  # noqa: E731
+    return evaluate_run(path, cfg.benchmark, config, on_scores)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    torch.set_num_threads(int(cfg.threads) if cfg.get("threads") else torch.get_num_threads())
+    try:
+        metrics = evaluate(cfg)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    for name, value in sorted(metrics.get("scores", {}).items()):
+        print(f"{name}: {value:.4g}")
+
+
+if __name__ == "__main__":
+    main()

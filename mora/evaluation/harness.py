@@ -1,0 +1,136 @@
+"""lm-eval on an in-memory model: the task YAMLs under eval/ (plus lm-eval's own, e.g. `mmlu`, when a
+suite names one), results as lm-eval's JSON, and the headline numbers a table reads.
+
+lm-eval is imported inside the functions: importing it costs seconds, and `import mora.train` must not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("mora")
+EVAL_DIR = Path(__file__).resolve().parents[2] / "eval"
+
+
+@dataclass
+class Suite:
+    """One lm-eval call: `tasks` (task or group names) at `num_fewshot` (None: each task's own), and
+    `scores`: headline name -> "task/metric" (lm-eval's `metric,filter` key; filter `none` if omitted),
+    stored x `scale` (100: percent, as the paper reports)."""
+
+    name: str
+    tasks: list[str]
+    scores: dict[str, str] = field(default_factory=dict)
+    num_fewshot: int | None = None
+    scale: float = 100.0
+
+    @classmethod
+    def from_dict(cls, name: str, spec: dict[str, Any]) -> "Suite":
+        unknown = set(spec) - {"tasks", "scores", "num_fewshot", "scale"}
+        if unknown:
+            raise ValueError(f"benchmark suite {name!r}: unknown key(s) {sorted(unknown)}; allowed: tasks, scores, num_fewshot, scale")
+        tasks = list(spec.get("tasks") or [])
+        if not tasks:
+            raise ValueError(f"benchmark suite {name!r} names no lm-eval tasks (benchmark.suites.{name}.tasks)")
+        scores = dict(spec.get("scores") or {})
+        for key, where in scores.items():
+            if "/" not in str(where):
+                raise ValueError(f"benchmark suite {name!r}: score {key!r} = {where!r}; write it as task/metric, e.g. mmlu/acc")
+        return cls(name, tasks, scores, spec.get("num_fewshot"), float(spec.get("scale", 100.0)))
+
+
+def task_manager(tasks: list[str], include_path: Path = EVAL_DIR, metadata: dict | None = None):
+    """A TaskManager over eval/; lm-eval's built-in tasks are indexed only when a task needs them
+    (indexing them all takes seconds)."""
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=str(include_path), include_defaults=False, metadata=metadata)
+    if all(t in manager.all_tasks for t in tasks):
+        return manager
+    manager = TaskManager(include_path=str(include_path), include_defaults=True, metadata=metadata)
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        raise ValueError(
+            f"unknown lm-eval task(s) {unknown}: not in {include_path} nor in lm-eval's own tasks "
+            "(`lm_eval ls tasks` lists them)"
+        )
+    return manager
+
+
+def run_suite(
+    model,
+    tokenizer,
+    suite: Suite,
+    *,
+    include_path: Path = EVAL_DIR,
+    data_dir: str | None = None,
+    batch_size: int = 8,
+    limit: int | float | None = None,
+    gen_kwargs: dict | None = None,
+    max_length: int | None = None,
+    log_samples: bool = False,
+) -> dict[str, Any]:
+    """Score `model` on the suite's tasks; returns lm-eval's results dict (JSON-safe)."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    metadata = {"data_dir": str(data_dir)} if data_dir else {}
+    manager = task_manager(suite.tasks, include_path, metadata)
+    was_training = model.training
+    model.eval()
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+    try:
+        results = simple_evaluate(
+            model=lm,
+            tasks=list(suite.tasks),
+            num_fewshot=suite.num_fewshot,
+            task_manager=manager,
+            limit=limit,
+            gen_kwargs=dict(gen_kwargs) if gen_kwargs else None,
+            bootstrap_iters=0,
+            log_samples=log_samples,
+        )
+    finally:
+        model.train(was_training)
+    if results is None:
+        import os
+
+        ranks = {k: os.environ[k] for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE") if k in os.environ}
+        raise ValueError(f"lm-eval returned no results: it only reports on rank 0, and this process looks like another rank {ranks}")
+    return json.loads(json.dumps(results, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def metric_value(results: dict[str, Any], task: str, metric: str) -> float:
+    """results["results"][task]["metric,filter"] as a float; a ValueError names what is there."""
+    table = results.get("results", {})
+    if task not in table:
+        raise ValueError(f"lm-eval results have no task {task!r}; they have {sorted(table)}")
+    key = metric if "," in metric else f"{metric},none"
+    entry = table[task]
+    if key not in entry:
+        have = sorted(k for k in entry if "," in k and "stderr" not in k)
+        raise ValueError(f"lm-eval results for {task!r} have no metric {key!r}; they have {have}")
+    value = float(entry[key])
+    if math.isnan(value):
+        raise ValueError(f"lm-eval {task}/{key} is NaN")
+    return value
+
+
+def headline(results: dict[str, Any], suite: Suite) -> dict[str, float]:
+    """The suite's named scores from an lm-eval result, x its scale."""
+    out = {}
+    for name, where in suite.scores.items():
+        task, _, metric = str(where).partition("/")
+        out[name] = metric_value(results, task, metric) * suite.scale
+    return out

@@ -1,0 +1,108 @@
+"""Stop cleanly when the cluster asks: preemption, time limit, `scancel --signal=TERM`.
+
+On SIGTERM (and, inside a submitit job, submitit's preemption signal, SIGUSR2 unless
+$SUBMITIT_PREEMPT_SIGNAL says otherwise) the run finishes the optimizer step it is in, logs, saves a
+complete checkpoint and stops; `mora.train` records the run as `interrupted` and then
+
+- outside submitit exits with status 75 (EX_TEMPFAIL): slurm/array.sbatch requeues the task on that
+  status (`scontrol requeue`), and the relaunched task resumes from the checkpoint;
+- inside submitit hands the signal to submitit's own handler, which re-submits the same call
+  (hydra-submitit-launcher's `checkpoint`) and requeues the job.
+
+Either way nothing is lost beyond the step in flight, and a run resumed this way ends with the
+metrics of one that never stopped (tests/test_slurm.py checks it on a real Slurm).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Iterator
+
+from transformers import TrainerCallback
+
+log = logging.getLogger("mora")
+
+STATUS_INTERRUPTED = "interrupted"  # metrics.json status of a run stopped by a signal (relaunch resumes it)
+EXIT_REQUEUE = 75  # EX_TEMPFAIL: "try again later"; slurm/array.sbatch requeues a task that exits with it
+
+
+def _submitit_signal() -> signal.Signals | None:
+    """The preemption signal of the submitit job this process runs in, if it runs in one."""
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return None
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")
+    return getattr(signal, name if name.startswith("SIG") else "SIG" + name, None)
+
+
+class RunInterrupted(BaseException):
+    """Training stopped on a signal after saving a checkpoint. A BaseException (like
+    KeyboardInterrupt): a sweep must not carry on with its next job as if this one had failed."""
+
+    def __init__(self, signum: int, step: int, checkpoint: str | None):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint {checkpoint}")
+
+    def exit(self) -> None:
+        """Leave the process so that the job comes back: submitit's requeue, else exit status 75."""
+        sig = _submitit_signal()
+        handler = signal.getsignal(sig) if sig is not None else None
+        if callable(handler):
+            log.info("handing %s over to submitit: it re-submits this call and requeues the job", sig.name)
+            handler(sig, None)  # checkpoints the launcher call, `scontrol requeue`, sys.exit
+        sys.exit(EXIT_REQUEUE)
+
+
+class GracefulStop(TrainerCallback):
+    """Turns a stop signal into "save a checkpoint at the end of this step, then stop training"."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.stopped_at: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def signals(self) -> list[int]:
+        out = [signal.SIGTERM]
+        sig = _submitit_signal()
+        if sig is not None and sig not in out:
+            out.append(sig)
+        return out
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is None:
+            self.received = signum
+            log.warning("caught %s: saving a checkpoint at the end of this step, then stopping", signal.Signals(signum).name)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["GracefulStop"]:
+        """Catch the stop signals while the block runs (main thread only; elsewhere a no-op)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        for sig in self.signals():
+            self._previous[sig] = signal.signal(sig, self._handle)
+        try:
+            yield self
+        finally:
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)
+            self._previous.clear()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.received is not None and self.stopped_at is None and state.global_step < state.max_steps:
+            self.stopped_at = state.global_step
+            control.should_log = True  # the loss since the last log is not lost
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def raise_if_stopped(self, checkpoints_dir) -> None:
+        """After `trainer.train()`: raise RunInterrupted if the signal cut training short."""
+        if self.stopped_at is None:
+            return
+        checkpoint = os.path.join(str(checkpoints_dir), f"checkpoint-{self.stopped_at}")
+        raise RunInterrupted(self.received, self.stopped_at, checkpoint)

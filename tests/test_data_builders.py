@@ -1,0 +1,310 @@
+"""Data builders on local fixtures in the hub schemas: loss masks token by token, packing, held-out
+text, schema errors, the registry, the AdaptLLM miners and the tokenized-data cache."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from mora.data import build_task
+from mora.data import corpus as corpus_module
+from mora.data.adaptllm import MINERS, mine, reading_comprehension
+from mora.data.collate import IGNORE_INDEX
+from mora.data.fixtures import news_rows, pubmed_rows, tulu_rows, write_fixtures
+from mora.data.rows import PackedRows, StreamingPackedRows, permutation
+from mora.models import char_tokenizer
+
+ALPACA = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the "
+    "request.\n\n### Instruction:\n"
+)
+CHAT = {
+    "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "  Hi there \n"},
+        {"role": "assistant", "content": " Hello! \n"},
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4"},
+    ]
+}
+CHAT_TEXT = "<|system|>\nBe brief.\n<|user|>\nHi there\n<|assistant|>\nHello!</s>\n<|user|>\n2+2?\n<|assistant|>\n4</s>"
+MATH = {"query": "What is 2+3?", "response": "2+3=5.\nThe answer is: 5"}
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return char_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    """A small byte-level BPE trained on the fixtures: merges, so tokens and characters differ."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    texts = [m["content"] for r in tulu_rows(64) for m in r["messages"]] + [ALPACA, CHAT_TEXT, MATH["response"]]
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    core.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def build(task, tokenizer, source, cache, **options):
+    return build_task(task, tokenizer, source=str(source), cache_dir=str(cache), **{"max_length": 512, **options})
+
+
+def marked(tokenizer, row):
+    """(token, carries loss) for every position of a row."""
+    tokens = tokenizer.convert_ids_to_tokens(row["input_ids"])
+    assert all(lab in (IGNORE_INDEX, i) for i, lab in zip(row["input_ids"], row["labels"]))
+    return [(t, lab != IGNORE_INDEX) for t, lab in zip(tokens, row["labels"])]
+
+
+def char_marks(*segments):
+    """Expected (token, carries loss) of the char tokenizer: one token per character, `<s>`, `</s>` one each."""
+    return [(t, loss) for text, loss in segments for t in re.findall(r"</?s>|.", text, re.S)]
+
+
+def test_tulu_chat_text_and_assistant_only_loss(tmp_path, tok):
+    task = build("tulu_v2", tok, write_jsonl(tmp_path / "chat.jsonl", [CHAT]), tmp_path / "cache")
+    assert task.render(CHAT)[0] == CHAT_TEXT
+    (row,) = list(task.train_dataset())
+    assert marked(tok, row) == char_marks(
+        ("<s><|system|>\nBe brief.\n<|user|>\nHi there\n<|assistant|>\n", False),
+        ("Hello!</s>", True),
+        ("\n<|user|>\n2+2?\n<|assistant|>\n", False),
+        ("4</s>", True),
+    )
+
+
+def test_tulu_loss_mask_with_a_subword_tokenizer(tmp_path, bpe):
+    task = build("tulu_v2", bpe, write_jsonl(tmp_path / "chat.jsonl", [CHAT]), tmp_path / "cache")
+    (row,) = list(task.train_dataset())
+    ids = row["input_ids"]
+    assert ids == [bpe.bos_token_id] + bpe(CHAT_TEXT, add_special_tokens=False)["input_ids"]
+    assert len(ids) < len(CHAT_TEXT)  # merges happened
+    loss_ids = [i for i, lab in zip(ids, row["labels"]) if lab != IGNORE_INDEX]
+    assert bpe.decode(loss_ids) == "Hello!</s>4</s>"
+    assert loss_ids.count(bpe.eos_token_id) == 2 and ids.count(bpe.eos_token_id) == 2
+
+
+def test_metamath_alpaca_prompt_and_response_only_loss(tmp_path, tok, bpe):
+    path = tmp_path / "math.json"
+    path.write_text(json.dumps([MATH]))
+    task = build("metamath", tok, path, tmp_path / "cache")
+    text = ALPACA + MATH["query"] + "\n\n### Response:" + MATH["response"] + "</s>"
+    assert task.render(MATH)[0] == text
+    (row,) = list(task.train_dataset())
+    prompt = "<s>" + ALPACA + MATH["query"] + "\n\n### Response:"
+    assert marked(tok, row) == char_marks((prompt, False), (MATH["response"] + "</s>", True))
+    (row,) = list(build("metamath", bpe, path, tmp_path / "cache").train_dataset())
+    loss_ids = [i for i, lab in zip(row["input_ids"], row["labels"]) if lab != IGNORE_INDEX]
+    assert bpe.decode(loss_ids) == MATH["response"] + "</s>"
+
+
+def test_truncation_keeps_the_head_and_drops_examples_without_loss(tmp_path, tok):
+    late = {"messages": [{"role": "user", "content": "x" * 100}, {"role": "assistant", "content": "late"}]}
+    source = write_jsonl(tmp_path / "chat.jsonl", [CHAT, late])
+    task = build("tulu_v2", tok, source, tmp_path / "cache", max_length=60)
+    rows = list(task.train_dataset())
+    assert len(rows) == 1  # `late` has no reply token within 60 tokens
+    assert rows[0]["input_ids"] == [tok.bos_token_id] + tok(CHAT_TEXT, add_special_tokens=False)["input_ids"][:59]
+    (meta,) = [json.loads(p.read_text()) for p in (tmp_path / "cache").glob("tulu_v2-*/meta.json")]
+    assert meta["stats"] == {"examples": 1, "truncated": 2, "dropped_no_loss_token": 1}
+    with pytest.raises(ValueError, match="no example keeps a loss-carrying token.*raise data.builder.max_length"):
+        build("tulu_v2", tok, source, tmp_path / "cache", max_length=5).train_dataset()
+
+
+def test_rows_are_shuffled_by_seed(tmp_path, tok):
+    source = write_jsonl(tmp_path / "chat.jsonl", tulu_rows(12))
+    firsts = {
+        seed: [r["input_ids"] for r in build("tulu_v2", tok, source, tmp_path / "cache", seed=seed).train_dataset()]
+        for seed in (0, 0, 1)
+    }
+    again = [r["input_ids"] for r in build("tulu_v2", tok, source, tmp_path / "cache", seed=0).train_dataset()]
+    assert firsts[0] == again and firsts[0] != firsts[1] and sorted(firsts[0]) == sorted(firsts[1])
+    assert len(list((tmp_path / "cache").iterdir())) == 1  # the cache does not depend on the seed
+
+
+def test_packing_keeps_every_token_and_puts_eos_between_documents(tmp_path, tok, monkeypatch):
+    monkeypatch.setattr(corpus_module, "PIECE_CHARS", 40)  # also exercise the cutting of long texts
+    docs = [f"document {i}: " + "lorem ipsum\n" * (i + 1) for i in range(9)]
+    source = write_jsonl(tmp_path / "docs.jsonl", [{"text": d} for d in docs])
+    task = build("c4", tok, source, tmp_path / "cache", max_length=32, seed=3)
+    rows = task.train_dataset()
+    order = permutation(len(docs), 3)
+    encoded = [[tok.bos_token_id, *tok(d, add_special_tokens=False)["input_ids"], tok.eos_token_id] for d in docs]
+    stream = [t for k in order for t in encoded[k]]
+    packed = [t for r in rows for t in r["input_ids"]]
+    assert packed == stream
+    assert all(len(r["input_ids"]) == 32 for r in list(rows)[:-1]) and 0 < len(rows[len(rows) - 1]["input_ids"]) <= 32
+    assert all(r["labels"] == r["input_ids"] for r in rows)
+    assert packed.count(tok.eos_token_id) == len(docs)
+    # the streaming packer (hub C4) cuts the same stream into the same rows
+    streamed = StreamingPackedRows(lambda: (encoded[k] for k in order), 32)
+    assert list(streamed) == list(rows)
+    ragged = PackedRows(rows.docs, np.arange(len(docs)), 1000)
+    assert len(ragged) == 1 and ragged[0]["input_ids"][-1] == tok.eos_token_id
+
+
+def test_text_files_hold_out_the_tail_of_each_file(tmp_path, tok):
+    (tmp_path / "txt").mkdir()
+    texts = {name: "".join(f"{name} line {i}\n" for i in range(100)) for name in ("a", "b")}
+    for name, text in texts.items():
+        (tmp_path / "txt" / f"{name}.txt").write_text(text)
+    task = build("c4", tok, tmp_path / "txt" / "*.txt", tmp_path / "cache", max_length=4096, holdout_fraction=0.05)
+    train = tok.decode(task.train_dataset()[0]["input_ids"])
+    val = tok.decode(task.validation_dataset()[0]["input_ids"])
+    for name, text in texts.items():
+        head, tail = text.split(f"{name} line 95\n")
+        assert f"<s>{head}</s>" in train and f"<s>{name} line 95\n{tail}</s>" in val
+    assert "line 94" not in val and "line 96" not in train
+    with pytest.raises(ValueError, match="no validation data"):
+        build("c4", tok, tmp_path / "txt", tmp_path / "cache").validation_dataset()
+
+
+SCHEMA_ERRORS = [
+    ("tulu_v2", "jsonl", [{"id": "x"}], r"line 1: field 'messages' is missing \(fields present: \['id'\]\).*\{messages: \[\{role: str, content: str\}"),
+    ("tulu_v2", "jsonl", [CHAT, {"messages": [{"role": "user", "content": 3}]}], r"line 2: field 'messages\[0\]\.content' is int, expected str"),
+    ("tulu_v2", "jsonl", [{"messages": []}], r"field 'messages' is an empty list, expected a non-empty list"),
+    ("tulu_v2", "jsonl", [{"messages": [{"role": "bot", "content": "hi"}]}], r"messages\[0\] has role 'bot'.*Tulu roles are"),
+    ("metamath", "json", [{"query": "q", "output": "a"}], r"item 0: field 'response' is missing.*\{query: str, response: str\}"),
+    ("metamath", "json", {"query": "q"}, r"must hold a list of row objects, not a dict"),
+    ("metamath", "txt", "some text", r"field 'query' is missing \(fields present: \['text'\]\)"),
+    ("c4", "jsonl", [{"content": "words"}], r"field 'text' is missing.*\{text: str\}"),
+    ("finance_cpt", "parquet", news_rows(2), None),
+]
+
+
+@pytest.mark.parametrize("task,fmt,content,message", SCHEMA_ERRORS)
+def test_schema_is_checked_with_a_message_that_names_the_field(tmp_path, tok, task, fmt, content, message):
+    path = tmp_path / f"data.{fmt}"
+    if fmt == "jsonl":
+        write_jsonl(path, content)
+    elif fmt == "json":
+        path.write_text(json.dumps(content))
+    elif fmt == "txt":
+        path.write_text(content)
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(content), path)
+    options = {"title_field": "headline"} if task == "finance_cpt" else {}
+    message = message or r"row 0: field 'headline' is missing.*\{text: str, headline: str\}"
+    with pytest.raises(ValueError, match=message):
+        build(task, tok, path, tmp_path / "cache", **options).train_dataset()
+    assert not list((tmp_path / "cache").glob("*/meta.json"))  # nothing half-built is kept
+
+
+def test_bad_sources_and_options(tmp_path, tok):
+    (tmp_path / "bad.jsonl").write_text('{"query": "q", "response": "r"}\n{"query": \n')
+    with pytest.raises(ValueError, match=r"bad.jsonl line 2: not valid JSON"):
+        build("metamath", tok, tmp_path / "bad.jsonl", tmp_path).train_dataset()
+    with pytest.raises(ValueError, match=r"matches no local file"):
+        build("metamath", tok, tmp_path / "missing.jsonl", tmp_path)
+    (tmp_path / "data.csv").write_text("a,b\n")
+    with pytest.raises(ValueError, match=r"unsupported file type"):
+        build("metamath", tok, tmp_path / "*.csv", tmp_path)
+    with pytest.raises(ValueError, match=r"unknown data builder 'alpaca'; choose one of \['biomed_cpt', 'c4'"):
+        build_task("alpaca", tok)
+    with pytest.raises(ValueError, match=r"data builder 'metamath' takes no option\(s\) \['max_len'\]; allowed: \["):
+        build_task("metamath", tok, source="x.json", cache_dir=str(tmp_path), max_len=5)
+    with pytest.raises(ValueError, match=r"data builder 'c4'.*missing a required argument: 'source'"):
+        build_task("c4", tok, max_length=8, cache_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=r"max_length must be a positive integer"):
+        build("c4", tok, tmp_path / "bad.jsonl", tmp_path, max_length=0)
+    with pytest.raises(ValueError, match=r"unknown or no miners \['gossip'\]"):
+        build("biomed_cpt", tok, tmp_path / "bad.jsonl", tmp_path, miners=["nli", "gossip"])
+    with pytest.raises(ValueError, match=r"validation_split names a hub split"):
+        build("c4", tok, tmp_path / "bad.jsonl", tmp_path, validation_split="validation", validation_sequences=4)
+    with pytest.raises(ValueError, match=r"streaming reads hub datasets"):
+        build("c4", tok, tmp_path / "bad.jsonl", tmp_path, streaming=True)
+
+
+def test_adaptllm_miners_on_a_document():
+    text = (
+        "Aspirin and bleeding risk in older adults.\n"
+        "Aspirin irreversibly inhibits platelet aggregation in most treated adults. "
+        "Therefore, bleeding complications become more frequent during long treatment. "
+        "However, the absolute risk remained low in the randomized cohort studied here. "
+        "Similarly, the gastrointestinal findings were consistent across the subgroups. "
+        "Gastric ulcers developed because prostaglandin synthesis was suppressed in the mucosa. "
+        "Chronic inflammation leads to progressive fibrosis of the gastric wall. "
+        "Dyspepsia is defined as persistent pain in the upper abdomen."
+    )
+    found = mine(text, None, "biomedicine")
+    assert set(found) == set(MINERS) and all(found[m] for m in MINERS), {m: len(v) for m, v in found.items()}
+    assert found["summarize"] == [("What is a suitable title for the text above?", "Aspirin and bleeding risk in older adults.")]
+    nli = dict((q.split("Hypothesis: ")[1].split("\n")[0], a) for q, a in found["nli"])
+    assert nli == {
+        '"Bleeding complications become more frequent during long treatment."': "Yes",
+        '"The absolute risk remained low in the randomized cohort studied here."': "No",
+    }
+    assert ('What is the cause of "Gastric ulcers developed"?', "Prostaglandin synthesis was suppressed in the mucosa.") in found["commonsense"]
+    assert ('What is the effect of "Chronic inflammation"?', "Progressive fibrosis of the gastric wall.") in found["commonsense"]
+    assert ("How is Dyspepsia defined?", "Persistent pain in the upper abdomen.") in found["word_to_text"]
+    assert found["paraphrase"][0][1] == "The gastrointestinal findings were consistent across the subgroups."
+    document = reading_comprehension(text, None, "biomedicine", max_per_miner=1)
+    assert document.startswith(text + "\n\nQuestion: What is a suitable title")
+    assert document.count("\nAnswer: ") == len(MINERS)
+    assert reading_comprehension("Short text without patterns.", None, "finance") == "Short text without patterns."
+    assert reading_comprehension(text, None, "biomedicine") == reading_comprehension(text, None, "biomedicine")
+
+
+def test_cpt_builders_pack_reading_comprehension_documents(tmp_path, tok):
+    paths = write_fixtures(tmp_path / "fixtures", n=4)
+    bio = build("biomed_cpt", tok, paths["pubmed"], tmp_path / "cache", max_length=128)
+    fin = build("finance_cpt", tok, paths["financial_news"], tmp_path / "cache", max_length=128, title_field="title")
+    for task, rows, title in ((bio, pubmed_rows(4), None), (fin, news_rows(4), "title")):
+        text = tok.decode([t for r in task.train_dataset() for t in r["input_ids"]])
+        docs = [reading_comprehension(r["text"], r.get(title), task.domain) for r in rows]
+        assert sorted(text.split("</s>")[:-1]) == sorted(f"<s>{d}" for d in docs)
+        assert all("\n\nQuestion: " in d for d in docs)
+
+
+def test_cache_is_reused_and_rebuilt_when_the_tokenizer_changes(tmp_path, tok, monkeypatch):
+    from mora.data.chat import ChatTask
+
+    builds = []
+    original = ChatTask._build
+    monkeypatch.setattr(ChatTask, "_build", lambda self, writer: builds.append(1) or original(self, writer))
+    source = write_jsonl(tmp_path / "chat.jsonl", tulu_rows(6))
+    cache = tmp_path / "cache"
+    first = [r["input_ids"] for r in build("tulu_v2", tok, source, cache).train_dataset()]
+    again = [r["input_ids"] for r in build("tulu_v2", tok, source, cache).train_dataset()]
+    assert first == again and len(builds) == 1
+    other = char_tokenizer("".join(reversed(char_tokenizer().convert_ids_to_tokens(list(range(4, len(tok)))))))
+    changed = [r["input_ids"] for r in build("tulu_v2", other, source, cache).train_dataset()]
+    assert len(builds) == 2 and changed != first
+    assert len(list(cache.glob("tulu_v2-*/meta.json"))) == 2
+    build("tulu_v2", tok, source, cache, max_length=256).train_dataset()
+    assert len(builds) == 3  # max_length is part of the key
+    write_jsonl(tmp_path / "chat.jsonl", tulu_rows(7))  # an edited local file is a new source
+    assert len(build("tulu_v2", tok, source, cache).train_dataset()) == 7 and len(builds) == 4
+
+
+def test_a_cache_whose_keys_differ_is_refused(tmp_path, tok):
+    source = write_jsonl(tmp_path / "chat.jsonl", tulu_rows(3))
+    build("tulu_v2", tok, source, tmp_path / "cache").train_dataset()
+    (meta_path,) = (tmp_path / "cache").glob("tulu_v2-*/meta.json")
+    original = meta_path.read_text()
+    meta = json.loads(original)
+    meta["keys"]["tokenizer"]["sha256"] = "0" * 64
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"built with different tokenizer than this run.*refusing to train on it: delete"):
+        build("tulu_v2", tok, source, tmp_path / "cache").train_dataset()
+    meta_path.write_text(original)
+    meta_path.parent.joinpath("train.tokens.bin").write_bytes(b"\0\0")
+    with pytest.raises(ValueError, match=r"is damaged \(train.tokens.bin\); delete the directory"):
+        build("tulu_v2", tok, source, tmp_path / "cache").train_dataset()

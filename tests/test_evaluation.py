@@ -1,0 +1,191 @@
+"""Evaluation after training: the spectrum of ΔW (Figure 5), perplexity, and `mora.evaluate` scoring a
+finished run with lm-eval (automatically after training, or by hand), results kept in the run dir."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from mora.evaluation.spectrum import count_above, module_type, projection_weights, spectrum
+from runner import compose, metrics_files, train_in_process
+
+
+def _low_rank(rank: int, shape=(48, 40), scale=1.0, seed=0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    left = torch.linalg.qr(torch.randn(shape[0], rank, generator=g))[0]
+    right = torch.linalg.qr(torch.randn(shape[1], rank, generator=g))[0]
+    values = torch.linspace(2.0, 0.5, rank) * scale
+    return left @ torch.diag(values) @ right.T
+
+
+@pytest.mark.parametrize("rank", [1, 5, 17])
+def test_spectrum_counter_returns_the_rank_of_a_known_low_rank_delta(rank):
+    delta = _low_rank(rank) + 1e-4 * torch.randn(48, 40)  # noise far below the 0.1 threshold
+    count, values = count_above(delta)
+    assert count == rank
+    assert values[rank - 1] > 0.1 > values[rank]
+
+
+def test_spectrum_averages_counts_per_module_type():
+    names = [f"model.layers.{i}.self_attn.q_proj" for i in range(2)] + ["model.layers.0.mlp.down_proj", "lm_head"]
+    initial = {n: torch.zeros(48, 40) for n in names}
+    final = {names[0]: _low_rank(2), names[1]: _low_rank(4), names[2]: _low_rank(3), names[3]: _low_rank(9)}
+    result = spectrum(initial, final)
+    assert result["by_type"] == {"q": 3.0, "down": 3.0}  # lm_head is no projection: ignored
+    assert result["layers"] == {"q": 2, "down": 1}
+    assert result["modules"][names[1]]["count"] == 4
+    assert module_type("model.layers.3.mlp.gate_proj.weight") == "gate" and module_type("lm_head") is None
+
+
+def test_spectrum_of_merged_adapters_is_their_rank(make_tiny_llama, randomize):
+    """LoRA at r 3 can only add rank 3; MoRA at the same budget reaches far higher ranks (the paper's
+    point), measured the same way: merged weight minus initial weight."""
+    from mora.adapters import apply_adapters, merge_and_unload
+
+    counts = {}
+    for method in ({"method": "lora", "r": 3, "alpha": 3}, {"method": "mora", "r": 3, "kind": "sharing"}):
+        model = make_tiny_llama()
+        initial = {k: v.detach().clone() for k, v in projection_weights(model).items()}
+        apply_adapters(model, method)
+        assert set(projection_weights(model)) == set(initial)  # wrapped layers report their base weight
+        randomize(model, std=0.5)
+        merge_and_unload(model)
+        counts[method["method"]] = spectrum(initial, projection_weights(model), threshold=1e-3)["by_type"]
+    assert set(counts["lora"].values()) == {3.0}
+    assert min(counts["mora"].values()) > 3.0
+
+
+class _Rows:
+    """The validation interface Perplexity reads: validation_dataset() rows and a collator."""
+
+    def __init__(self, rows, pad):
+        self.rows, self.pad = rows, pad
+
+    def validation_dataset(self):
+        return self.rows
+
+    def collator(self):
+        from mora.data.collate import PadCollator
+
+        return PadCollator(self.pad)
+
+
+def test_perplexity_of_a_uniform_model_is_the_vocabulary_size(make_tiny_llama):
+    from mora.evaluation.perplexity import Perplexity
+
+    model = make_tiny_llama()
+    torch.nn.init.zeros_(model.lm_head.weight)  # every next token equally likely
+    g = torch.Generator().manual_seed(0)
+    rows = [{"input_ids": ids, "labels": ids} for ids in (torch.randint(0, 50, (n,), generator=g).tolist() for n in (9, 17, 5))]
+    rows[1]["labels"] = [-100] * 4 + rows[1]["labels"][4:]  # masked positions do not count
+    result = Perplexity(batch_size=2)(model, None, _Rows(rows, pad=0))
+    assert result["perplexity"] == pytest.approx(50.0, rel=1e-5)
+    assert result["val_loss"] == pytest.approx(math.log(50.0), rel=1e-6)
+
+
+# -- mora.evaluate on real runs ---------------------------------------------------------------------
+
+BENCH = ["benchmark=biomed_mini", "benchmark.limit=4", "benchmark.batch_size=4"]
+
+
+def test_benchmark_runs_after_training_and_is_kept_in_the_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb_cache"))
+    data = tmp_path / "eval_data"
+    metrics = train_in_process(tmp_path / "runs", "method=lora", *BENCH, f"benchmark.data_dir={data}", "logger=wandb")
+    (path,) = metrics_files(tmp_path / "runs")
+    run_dir = path.parent
+    scores = metrics["scores"]
+    assert set(scores) == {"biomed", "pubmedqa", "usmle", "bio_mmlu", "rct"}
+    assert scores["biomed"] == pytest.approx((scores["pubmedqa"] + scores["usmle"] + scores["bio_mmlu"] + scores["rct"]) / 4)
+    assert all(0.0 <= v <= 100.0 for v in scores.values())
+    stored = json.loads((run_dir / "lm_eval" / "biomed.json").read_text())
+    assert stored["results"]["adaptllm_biomed"]["acc,none"] * 100 == pytest.approx(scores["biomed"])
+    assert metrics["benchmarks"]["biomed"]["n_samples"]["adaptllm_pubmedqa"] == 4
+    assert metrics["status"] == "completed" and metrics["evals"]  # training's own record is untouched
+    # the wandb run (offline) holds the dashboard keys and the scores: group = artifact, job type = method
+    (record,) = (run_dir / "wandb").glob("offline-run-*/*.wandb")
+    raw = record.read_bytes()
+    for token in (b"table2", b"lora", b"method", b"rank", b"kind", b"seed", b"task", b"run_id", b"artifact", b"eval/biomed"):
+        assert token in raw, token
+
+    # Asked again: the run is found finished, and the suite already scored is not scored again.
+    stamp = path.stat().st_mtime_ns
+    again = train_in_process(tmp_path / "runs", "method=lora", *BENCH, f"benchmark.data_dir={data}", "logger=wandb")
+    assert again == metrics and path.stat().st_mtime_ns == stamp
+
+
+def test_mora_evaluate_scores_a_finished_run_by_its_overrides(tmp_path, capsys):
+    from mora.evaluate import evaluate
+
+    train_in_process(tmp_path / "runs", "method=mora", "method.r=4")
+    (path,) = metrics_files(tmp_path / "runs")
+    assert "scores" not in json.loads(path.read_text())
+    from runner import TINY_RUN
+
+    cfg = compose([*TINY_RUN, f"paths.runs_dir={tmp_path / 'runs'}", "method=mora", "method.r=4", "benchmark=mmlu_dev",
+                   "benchmark.limit=5", "~benchmark.suites.mmlu_5shot"])
+    metrics = evaluate(cfg)
+    assert set(metrics["scores"]) == {"mmlu0"} and metrics["benchmarks"]["mmlu_0shot"]["n_samples"] == {"mmlu_dev": 5}
+    assert json.loads(path.read_text())["scores"] == metrics["scores"]
+
+    missing = compose([*TINY_RUN, f"paths.runs_dir={tmp_path / 'runs'}", "method=mora", "method.r=8", "benchmark=mmlu_dev"])
+    with pytest.raises(ValueError, match="train it first"):
+        evaluate(missing)
+
+
+def test_spectrum_benchmark_snapshots_initial_weights_and_counts_the_lora_rank(tmp_path):
+    """Trained LoRA at r 4 (hidden 32): every ΔW has exactly 4 singular values above 1e-6. The
+    initial weights rebuilt from config + seed (no snapshot) are the snapshot, bit for bit."""
+    from mora.evaluate import initial_weights
+    from mora.evaluation.spectrum import SNAPSHOT_NAME, load_snapshot
+
+    metrics = train_in_process(tmp_path, "method=lora", "method.r=4", "benchmark=spectrum", "benchmark.spectrum.threshold=1e-6")
+    (path,) = metrics_files(tmp_path)
+    run_dir = path.parent
+    assert metrics["spectrum"]["by_type"] == {t: 4.0 for t in ("q", "k", "v", "o", "up", "down", "gate")}
+    assert metrics["spectrum"]["layers"]["q"] == 2
+    detail = json.loads((run_dir / "spectrum.json").read_text())
+    assert len(detail["modules"]) == 14 and detail["modules"]["model.layers.0.self_attn.q_proj"]["count"] == 4
+
+    snapshot = load_snapshot(run_dir / SNAPSHOT_NAME)
+    (run_dir / SNAPSHOT_NAME).unlink()
+    rebuilt = initial_weights(run_dir, json.loads((run_dir / "config.json").read_text()))
+    assert set(rebuilt) == set(snapshot)
+    assert all(torch.equal(rebuilt[k], snapshot[k]) for k in snapshot)
+
+
+def test_every_benchmark_composes_and_names_known_tasks():
+    from pathlib import Path
+
+    from mora.evaluation.harness import Suite
+
+    names = sorted(p.stem for p in (Path(__file__).parent.parent / "conf" / "benchmark").glob("*.yaml") if not p.stem.startswith("_"))
+    assert {"none", "mmlu", "mmlu_dev", "math", "biomed", "finance", "spectrum"} <= set(names)
+    eval_tasks = {p.stem for p in (Path(__file__).parent.parent / "eval").glob("*.yaml")} | {"mmlu"}
+    for name in names:
+        bench = compose([f"benchmark={name}"]).benchmark
+        for suite_name, suite in (bench.suites or {}).items():
+            parsed = Suite.from_dict(suite_name, dict(suite))
+            assert set(parsed.tasks) <= eval_tasks, (name, parsed.tasks)
+            assert all(where.split("/")[0] in eval_tasks for where in parsed.scores.values())
+
+
+def test_base_plus_adapter_is_the_merged_model(tmp_path):
+    """benchmark.model=adapter rebuilds the base (here a random init, from the seed) and loads the
+    adapter: the same function as the merged checkpoint."""
+    from mora.evaluate import load_model
+
+    train_in_process(tmp_path, "method=mora", "method.r=4")
+    (path,) = metrics_files(tmp_path)
+    config = json.loads((path.parent / "config.json").read_text())
+    merged, tokenizer = load_model(path.parent, config, "merged")
+    adapted, _ = load_model(path.parent, config, "adapter")
+    ids = tokenizer("0f6a1c2e-3b4d:", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, adapted.eval()(ids).logits, atol=1e-4)
+    import shutil
+
+    shutil.rmtree(path.parent / "adapter")  # as an FFT run leaves it
+    with pytest.raises(ValueError, match="no adapter/.*use benchmark.model=merged"):
+        load_model(path.parent, config, "adapter")

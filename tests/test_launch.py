@@ -1,0 +1,208 @@
+"""mora.launch without Slurm: grid expansion, skipping finished runs, bad specs, a real local launch,
+the manifest sweeper, and conf/sweep/ agreeing with the artifact specs (Table 5)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from runner import ROOT, TINY_RUN
+
+from mora.launch import expand, main
+
+TINY_OVERRIDES = [arg for o in TINY_RUN[1:] for arg in ("--override", o)]  # TINY_RUN[0] is experiment=
+SPEC = """\
+artifact: tinygrid
+kind: table
+title: "UUID miniature, 2 methods x 2 learning rates"
+metric: char_acc
+select: {metric: char_acc, mode: max}
+mini:
+  experiment: uuid_mini
+  seeds: [0]
+  columns: [3, 6]
+  rows:
+    - {label: LoRA r=4, overrides: [method=lora, method.r=4], lr_grid: [1e-2, 3e-2]}
+    - {label: MoRA r=4, overrides: [method=mora, method.r=4, method.kind=rotation], lr_grid: [1e-2, 3e-2]}
+"""
+
+
+def _spec(tmp_path: Path, text: str = SPEC) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    return path
+
+
+def _fake_run(path: str, status: str) -> None:
+    Path(path).mkdir(parents=True, exist_ok=True)
+    (Path(path) / "metrics.json").write_text(json.dumps({"status": status, "evals": []}))
+
+
+def test_table2_paper_grid_matches_the_report(tmp_path):
+    """Every cell the report would look for is a cell the launcher runs: same overrides, same run ids."""
+    from mora.report import pending_commands
+
+    cells = expand(ROOT / "experiments" / "table2.yaml", ["paper"], tmp_path)
+    assert len(cells) == 1 + 3 + 3 + 3 + 3  # FFT 1 lr; LoRA / MoRA rows 3 lrs each
+    assert len({c.run_id for c in cells}) == len(cells)
+    assert all(c.status == "missing" for c in cells)
+    commands = pending_commands(ROOT / "experiments" / "table2.yaml", tmp_path, ["paper"])
+    assert sorted(commands) == sorted("python -m mora.train " + " ".join(c.overrides) for c in cells)
+    lrs = sorted(c.extra["lr"] for c in cells if c.extra["row"] == "MoRA r=8")
+    assert lrs == [5e-5, 1e-4, 2e-4]
+
+
+def test_relaunch_skips_finished_and_relaunches_the_rest(tmp_path, capsys):
+    spec = _spec(tmp_path)
+    cells = expand(spec, ["mini"], tmp_path / "runs", TINY_RUN[1:])
+    assert len(cells) == 4
+    _fake_run(cells[0].path, "completed")
+    _fake_run(cells[1].path, "failed")
+    _fake_run(cells[2].path, "interrupted")
+    rc = main([str(spec), "--section", "mini", "--runs-dir", str(tmp_path / "runs"), *TINY_OVERRIDES, "--dry-run"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert f"skip    {cells[0].label}  [finished]  {cells[0].path}" in out
+    for cell, why in ((cells[1], "failed"), (cells[2], "interrupted"), (cells[3], "not started")):
+        assert f"launch  {cell.label}  [{why}]  {cell.path}" in out
+    assert "skipped 1; launching 3" in out
+    assert not (tmp_path / "runs" / ".launch").exists()  # a dry run writes nothing
+
+    for cell in cells:
+        _fake_run(cell.path, "completed")
+    rc = main([str(spec), "--section", "mini", "--runs-dir", str(tmp_path / "runs"), *TINY_OVERRIDES])
+    out = capsys.readouterr().out
+    assert rc == 0 and "nothing to launch: submitted 0 jobs" in out and out.count("skip    ") == 4
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ("experiment: uuid_mini", r"unknown experiment 'uuid_nano'.*conf/experiment/"),
+        ("method=lora, method.r=4]", r"LoRA r=4.*do not compose.*method/vera"),
+        ("method.kind=rotation]", r"MoRA r=4.*not a valid run.*unknown kind 'spiral'"),
+        ("lr_grid: [1e-2, 3e-2]}", r"unknown option.*'ranks'"),
+    ],
+)
+def test_bad_spec_fails_before_anything_is_written(tmp_path, capsys, change, message):
+    import re
+
+    bad = {
+        "experiment: uuid_mini": "experiment: uuid_nano",
+        "method=lora, method.r=4]": "method=vera, method.r=4]",
+        "method.kind=rotation]": "method.kind=spiral]",
+        "lr_grid: [1e-2, 3e-2]}": "lr_grid: [1e-2, 3e-2]}\n    - {label: LoRA typo, overrides: [method=lora, +method.ranks=4]}",
+    }[change]
+    spec = _spec(tmp_path, SPEC.replace(change, bad, 1))
+    rc = main([str(spec), "--section", "mini", "--runs-dir", str(tmp_path / "runs"), *TINY_OVERRIDES, "--launcher", "sbatch"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert re.search(message, err, re.S), err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_section_and_launcher(tmp_path, capsys):
+    spec = _spec(tmp_path)
+    assert main([str(spec), "--section", "paper", "--runs-dir", str(tmp_path)]) == 2
+    assert "no section 'paper'; it has ['mini']" in capsys.readouterr().err
+    assert main([str(spec), "--section", "mini", "--launcher", "pbs", "--runs-dir", str(tmp_path)]) == 2
+    assert "unknown launcher 'pbs'" in capsys.readouterr().err
+
+
+def test_local_launch_runs_the_grid_then_relaunch_runs_nothing(tmp_path):
+    """The local launcher: a Hydra multirun over the manifest (hydra/sweeper=manifest), in one process."""
+    spec = _spec(tmp_path, SPEC.replace("lr_grid: [1e-2, 3e-2]", "lr_grid: [1e-2]"))
+    store = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "mora.launch", str(spec), "--section", "mini", "--runs-dir", str(store), *TINY_OVERRIDES]
+    env = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "launched 2 runs" in done.stdout and "2 finished, 0 not" in done.stdout
+    cells = expand(spec, ["mini"], store, TINY_RUN[1:])
+    assert [c.status for c in cells] == ["completed", "completed"]
+    (launch_dir,) = (store / ".launch").iterdir()
+    assert len((launch_dir / "manifest.txt").read_text().splitlines()) == 2
+    assert [c["run_id"] for c in json.loads((launch_dir / "cells.json").read_text())["cells"]] == [c.run_id for c in cells]
+
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "nothing to launch: submitted 0 jobs" in again.stdout, again.stdout
+    assert len(list((store / ".launch").iterdir())) == 1
+
+    from mora.report import render
+
+    result = render(spec, store, tmp_path / "reports", ["mini"], TINY_RUN[1:], wandb_log=False)
+    assert not result["tables"][0].notes
+    assert "| LoRA r=4 |" in result["markdown"] and "| MoRA r=4 |" in result["markdown"]
+
+
+def test_manifest_sweeper_rejects_what_it_cannot_run(tmp_path):
+    from hydra_plugins.mora_manifest_sweeper import read_manifest
+
+    (tmp_path / "m.txt").write_text("a=1 'b=x y'\n\nc=3\n")
+    with pytest.raises(ValueError, match="blank line inside the manifest"):
+        read_manifest(tmp_path / "m.txt")
+    (tmp_path / "m.txt").write_text("a=1 'b=x y'\nc=3\n\n")
+    assert read_manifest(tmp_path / "m.txt") == [["a=1", "b=x y"], ["c=3"]]
+    with pytest.raises(ValueError, match="does not exist"):
+        read_manifest(tmp_path / "none.txt")
+
+
+# --- conf/sweep/ (Hydra multirun grids) agree with the artifact specs ----------------------------
+
+TASK_OF_GROUP = {"tulu": "tulu", "math": "math", "biomed": "cpt", "finance": "cpt"}
+FAMILY = {"fft": "fft", "lora": "lora", "asylora": "lora", "dora": "lora", "loraplus": "loraplus", "relora": "relora"}
+
+
+def _sweep_params(name: str) -> dict[str, list[float]]:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"+sweep={name}"], return_hydra_config=True)
+    return {k: sorted(float(x) for x in str(v).split(",")) for k, v in cfg.hydra.sweeper.params.items()}
+
+
+def test_sweep_configs_are_table5():
+    spec = yaml.safe_load((ROOT / "experiments" / "table1.yaml").read_text())
+    grids = spec["grids"]
+    checked = set()
+    for row in spec["paper"]["rows"]:
+        method = next(o.split("=", 1)[1] for o in row["overrides"] if o.startswith("method="))
+        rank = next((o.split("=", 1)[1] for o in row["overrides"] if o.startswith("method.r=")), None)
+        family = f"mora_r{rank}" if method == "mora" else FAMILY[method]
+        for group, task in TASK_OF_GROUP.items():
+            params = _sweep_params(f"{task}_{family}")
+            assert params["train.lr"] == sorted(float(x) for x in grids[row["lr_grid"]][group]), (row["label"], group)
+            for key, values in (row.get("hparams") or {}).items():
+                assert params[key] == sorted(float(v) for v in values), (row["label"], key)
+            assert set(params) == {"train.lr", *(row.get("hparams") or {})}
+            checked.add(f"{task}_{family}")
+    assert len(checked) == 18
+
+    table2 = yaml.safe_load((ROOT / "experiments" / "table2.yaml").read_text())
+    by_method = {"fft": "uuid_fft", "lora": "uuid_lora", "mora": "uuid_mora"}
+    for row in table2["paper"]["rows"]:
+        method = row["overrides"][0].split("=", 1)[1]
+        assert _sweep_params(by_method[method])["train.lr"] == sorted(float(x) for x in row["lr_grid"])
+    for row in table2["mini"]["rows"]:
+        name = "uuid_mini_fft" if row["overrides"] == ["method=fft"] else "uuid_mini_adapter"
+        assert _sweep_params(name)["train.lr"] == sorted(float(x) for x in row["lr_grid"])
+
+
+def test_launcher_configs_compose():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        slurm = compose(config_name="config", overrides=["+launcher=slurm"], return_hydra_config=True)
+        cpu = compose(config_name="config", overrides=["+launcher=slurm_cpu"], return_hydra_config=True)
+        local = compose(config_name="config", overrides=["+launcher=local"], return_hydra_config=True)
+    assert slurm.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert slurm.hydra.launcher.additional_parameters.requeue is True
+    assert slurm.hydra.launcher.max_num_timeout > 0 and slurm.hydra.launcher.gpus_per_node == 1
+    assert cpu.hydra.launcher.gpus_per_node is None and cpu.hydra.launcher.cpus_per_task == 1
+    assert local.hydra.launcher._target_.endswith("BasicLauncher")
+    assert "launcher" not in slurm  # launcher choice is not part of the run (nor of its id)

@@ -1,0 +1,196 @@
+"""`python -m mora.report`: a synthetic results store rendered as Markdown / CSV exactly, the LR-grid
+selection, empty cells traceable to the run ids that would fill them, the wandb table, the figures,
+and bad specs that fail saying what to fix."""
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from mora import report
+from mora.runs import run_id
+from runner import ROOT, compose
+
+SPEC = """
+artifact: synthetic
+kind: {kind}
+title: Synthetic table
+metric: char_acc
+selection: best final char_acc
+select: {{metric: char_acc, mode: max}}
+paper:
+  experiment: uuid_mini
+  seeds: [0, 1]
+  columns: [100, 200]
+  rows:
+    - {{label: LoRA, rank: 4, overrides: [method=lora, method.r=4], lr_grid: [1e-3, 3e-3], paper: [9.9, 54.2]}}
+    - {{label: MoRA, rank: 4, overrides: [method=mora, method.r=4], lr_grid: [3e-3], paper: [10.1, 100]}}
+"""
+
+# (method overrides, lr, seed) -> char_acc at steps 100 and 200, or a status without results
+RUNS = {
+    (("method=lora", "method.r=4"), "1e-3", 0): (10.0, 30.0),
+    (("method=lora", "method.r=4"), "1e-3", 1): (20.0, 40.0),
+    (("method=lora", "method.r=4"), "3e-3", 0): (50.0, 70.0),
+    (("method=lora", "method.r=4"), "3e-3", 1): (60.0, 90.0),
+    (("method=mora", "method.r=4"), "3e-3", 0): "failed",
+}
+
+
+def _rid(overrides, lr, seed) -> str:
+    cfg = compose(["experiment=uuid_mini", *overrides, f"train.lr={lr}", f"seed={seed}"])
+    return run_id(OmegaConf.to_container(cfg, resolve=True))
+
+
+@pytest.fixture(scope="module")
+def ids():
+    return {key: _rid(*key) for key in [*RUNS, (("method=mora", "method.r=4"), "3e-3", 1)]}
+
+
+def _store(root: Path, ids: dict, spectrum: bool = False) -> Path:
+    for key, result in RUNS.items():
+        run = root / "uuid_mini" / ids[key]
+        run.mkdir(parents=True)
+        if result == "failed":
+            metrics = {"status": "failed", "evals": []}
+        else:
+            a, b = result
+            metrics = {"status": "completed", "evals": [{"step": 100, "char_acc": a}, {"step": 200, "char_acc": b}],
+                       "final": {"step": 200, "char_acc": b}, "train_loss": [[10, 3.0], [20, 2.0 - b / 100]]}
+            if spectrum:
+                metrics["spectrum"] = {"threshold": 0.1, "by_type": {"q": a / 10, "k": b / 10}}
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    return root
+
+
+def _spec(tmp_path: Path, kind: str = "table", text: str = SPEC) -> Path:
+    path = tmp_path / "synthetic.yaml"
+    path.write_text(text.format(kind=kind))
+    return path
+
+
+def test_markdown_and_csv_from_a_synthetic_store(tmp_path, ids):
+    store = _store(tmp_path / "runs", ids)
+    result = report.render(_spec(tmp_path), store, tmp_path / "out", wandb_log=False)
+    lora = [ids[(("method=lora", "method.r=4"), lr, s)] for lr in ("1e-3", "3e-3") for s in (0, 1)]
+    mora = [ids[(("method=mora", "method.r=4"), "3e-3", s)] for s in (0, 1)]
+    expected_md = textwrap.dedent(f"""\
+        **Synthetic table** (paper; cells: ours / paper; ours = mean ± std over seeds)
+
+        | method | r | 100 | 200 |
+        |---|---|---|---|
+        | LoRA | 4 | 55.0 ± 7.1 / 9.9 | 80.0 ± 14.1 / 54.2 |
+        | MoRA | 4 | – [1] / 10.1 | – [1] / 100.0 |
+
+        Selection: best final char_acc.
+        Chosen: LoRA r=4 (lr=0.003).
+
+        `– [n]`: no finished run yet; it would come from:
+
+        ```
+        [1] MoRA r=4 × main (uuid_mini): no finished run with the metric; the grid's runs:
+            {store}/uuid_mini/{mora[0]}  [failed]  lr=0.003, seed 0
+            {store}/uuid_mini/{mora[1]}  [not started]  lr=0.003, seed 1
+            e.g. python -m mora.train experiment=uuid_mini method=mora method.r=4 train.lr=0.003 seed=0
+        ```
+        """)
+    assert result["markdown"] == expected_md
+    assert (tmp_path / "out" / "synthetic_paper.md").read_text() == expected_md
+    grid = " ".join(lora)
+    expected_csv = textwrap.dedent(f"""\
+        artifact,section,row,rank,column,group,experiment,metric,step,ours_mean,ours_std,n_seeds,paper,status,chosen,run_ids,grid_run_ids
+        synthetic,paper,LoRA,4,100,main,uuid_mini,char_acc,100,55.0,7.071068,2,9.9,ok,lr=0.003,{lora[2]} {lora[3]},{grid}
+        synthetic,paper,LoRA,4,200,main,uuid_mini,char_acc,200,80.0,14.142136,2,54.2,ok,lr=0.003,{lora[2]} {lora[3]},{grid}
+        synthetic,paper,MoRA,4,100,main,uuid_mini,char_acc,100,,,0,10.1,missing,,,{mora[0]} {mora[1]}
+        synthetic,paper,MoRA,4,200,main,uuid_mini,char_acc,200,,,0,100.0,missing,,,{mora[0]} {mora[1]}
+        """)
+    assert (tmp_path / "out" / "synthetic_paper.csv").read_text() == expected_csv
+    tex = (tmp_path / "out" / "synthetic_paper.tex").read_text()
+    assert "LoRA & 4 & 55.0$\\pm$7.1 / 9.9 & 80.0$\\pm$14.1 / 54.2 \\\\" in tex and "-- / 10.1" in tex
+
+
+def test_a_partial_grid_still_fills_the_cell_and_says_so(tmp_path, ids):
+    store = _store(tmp_path / "runs", ids)
+    for seed in (0, 1):  # drop the better learning rate: the other point of the grid is chosen
+        (store / "uuid_mini" / ids[(("method=lora", "method.r=4"), "3e-3", seed)] / "metrics.json").unlink()
+    md = report.render(_spec(tmp_path), store, tmp_path / "out", wandb_log=False)["markdown"]
+    assert "| LoRA | 4 | 15.0 ± 7.1* / 9.9 | 35.0 ± 7.1* / 54.2 |" in md
+    assert "Chosen: LoRA r=4 (lr=0.001)." in md and "incomplete grid" in md
+
+
+def test_the_wandb_offline_run_holds_the_table(tmp_path, ids, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb_cache"))
+    store = _store(tmp_path / "runs", ids)
+    result = report.render(_spec(tmp_path), store, tmp_path / "out", wandb_log=True)
+    run_dir = result["wandb_dir"]
+    assert run_dir.name.startswith("offline-run-") and run_dir.parent.parent == tmp_path / "out"
+    (table,) = run_dir.glob("files/media/table/synthetic/paper_*.table.json")
+    logged = json.loads(table.read_text())
+    assert logged["columns"] == report.CSV_FIELDS
+    assert [r[2] for r in logged["data"]] == ["LoRA", "LoRA", "MoRA", "MoRA"]
+    assert logged["data"][0][9] == 55.0 and logged["data"][2][13] == "missing"
+
+
+@pytest.mark.parametrize("kind", ["curves", "spectrum"])
+def test_figures_are_drawn(tmp_path, ids, kind):
+    store = _store(tmp_path / "runs", ids, spectrum=True)
+    text = SPEC if kind == "curves" else SPEC.replace("columns: [100, 200]", "columns: [{{key: q, metric: spectrum/q}}, {{key: k, metric: spectrum/k}}]")
+    result = report.render(_spec(tmp_path, kind, text), store, tmp_path / "out", wandb_log=False)
+    png = tmp_path / "out" / "synthetic_paper.png"
+    assert png in result["files"] and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if kind == "spectrum":
+        assert "| LoRA | 4 | 5.5 ± 0.7 / 9.9 | 8.0 ± 1.4 / 54.2 |" in result["markdown"]
+
+
+def test_curves_average_the_seeds():
+    runs = [{"metrics": {"status": "completed", "train_loss": [[1, 4.0], [2, 3.0], [3, 2.0]]}},
+            {"metrics": {"status": "completed", "train_loss": [[1, 2.0], [2, 1.0]]}},
+            {"metrics": {"status": "failed", "train_loss": [[1, 9.0]]}}]
+    assert report.mean_curve(runs) == ([1, 2], [3.0, 2.0])
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (("experiment: uuid_mini", "experiment: nope_mini"), "unknown experiment 'nope_mini'; conf/experiment/ has"),
+        (("method.r=4], lr_grid: [3e-3]", "method.nope=4], lr_grid: [3e-3]"), "do not compose"),
+        (("lr_grid: [3e-3]", "lr_grid: no_such_grid"), "lr_grid 'no_such_grid' is not in `grids:`"),
+        (("paper: [10.1, 100]", "paper: [10.1]"), "1 paper numbers for 2 columns"),
+        (("kind: {kind}", "kind: pie"), "kind 'pie' is not one of"),
+    ],
+)
+def test_bad_specs_fail_saying_what_to_fix(tmp_path, ids, change, message):
+    store = _store(tmp_path / "runs", ids)
+    text = SPEC.replace(*change)
+    path = tmp_path / "bad.yaml"
+    path.write_text(text.format(kind="table"))
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        report.render(path, store, tmp_path / "out", wandb_log=False)
+
+
+def test_missing_store_or_spec_fails_saying_what_to_fix(tmp_path, capsys):
+    with pytest.raises(ValueError, match="results store .* does not exist: train the artifact's runs first"):
+        report.render(_spec(tmp_path), tmp_path / "no_store", tmp_path / "out", wandb_log=False)
+    with pytest.raises(SystemExit) as exit_info:
+        report.main([str(tmp_path / "nope.yaml"), "--no-wandb"])
+    assert exit_info.value.code == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_every_artifact_spec_loads():
+    specs = sorted((ROOT / "experiments").glob("*.yaml"))
+    names = {p.stem for p in specs}
+    assert {"table1", "table2", "table3", "table4", "fig2", "fig3", "fig4", "fig5"} <= names
+    for path in specs:
+        spec = report.load_spec(path)
+        assert spec.artifact == path.stem and "paper" in spec.sections, path
+        for section in spec.sections.values():
+            assert section.rows and section.columns
+
+
+def test_pending_commands_name_the_runs_to_launch(tmp_path, ids):
+    store = _store(tmp_path / "runs", ids)
+    commands = report.pending_commands(_spec(tmp_path), store)
+    assert commands == [f"python -m mora.train experiment=uuid_mini method=mora method.r=4 train.lr=0.003 seed={s}" for s in (0, 1)]
