@@ -80,11 +80,8 @@ $(REPRODUCE): reproduce-%: install
 $(addsuffix -mini,$(REPRODUCE)): reproduce-%-mini: install
 	$(call reproduce,$*,mini)
 
-SLURM_TEST_ENV := MORA_SLURM_DIR=/tmp/mora-slurm-test MORA_SLURM_PORT=6917
-
-test-slurm: install  ## Slurm tests on a real one-node cluster (installed, started and stopped here; ~4 min, root)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slurm tests/test_slurm.py; rc=$$?; \
-	$(SLURM_TEST_ENV) slurm/local_cluster.sh down; exit $$rc
+test-slurm: install  ## Slurm tests on a real one-node cluster (installed, started and stopped here; ~5 min, root)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slurm tests/test_slurm.py
 
 slurm-up:  ## start a one-node Slurm here (slurm/local_cluster.sh; its `env` command prints SLURM_CONF)
 	slurm/local_cluster.sh up

@@ -130,7 +130,11 @@ def evaluate_run(
     force = bool(bench.get("force"))
     done = metrics.setdefault("benchmarks", {})
     todo = [s for s in suites.values() if force or done.get(s.name, {}).get("key") != _suite_key(bench["suites"][s.name], bench)]
-    need_spectrum = bool(bench.get("spectrum")) and (force or "spectrum" not in metrics)
+    wanted_threshold = bench["spectrum"].get("threshold") if isinstance(bench.get("spectrum"), dict) else None
+    have_threshold = (metrics.get("spectrum") or {}).get("threshold")
+    need_spectrum = bool(bench.get("spectrum")) and (
+        force or have_threshold is None or (wanted_threshold is not None and float(wanted_threshold) != have_threshold)
+    )
     need_ppl = bool(bench.get("perplexity")) and (force or "perplexity" not in metrics.get("scores", {}))
     if not (todo or need_spectrum or need_ppl):
         return metrics

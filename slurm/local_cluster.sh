@@ -7,6 +7,9 @@
 #   slurm/local_cluster.sh env       print `export SLURM_CONF=...` (eval "$(slurm/local_cluster.sh env)")
 #
 # Idempotent: `up` on a running cluster changes nothing; `down` on a stopped one does nothing.
+# Everything lives in $MORA_SLURM_DIR, munged included (its own socket there), so clusters with
+# different dirs and ports run side by side (each test session starts its own) and never stop each
+# other's daemons. `up` starts with an empty queue.
 # Needs root (Debian/Ubuntu: apt-get installs slurm-wlm + munge; jobs run as root).
 # Environment:
 #   MORA_SLURM_DIR          state, spool, logs, pid files, slurm.conf   (default /tmp/mora-slurm)
@@ -22,7 +25,8 @@ PORT=${MORA_SLURM_PORT:-6817}
 REQUEUE_DELAY=${MORA_SLURM_REQUEUE_DELAY:-5}
 CONF=$DIR/etc/slurm.conf
 CLUSTER=moralocal
-MUNGE_SOCKET=/run/munge/munge.socket.2
+MUNGE_DIR=$DIR/munge  # a munged of its own: clusters of different $MORA_SLURM_DIR never share a daemon
+MUNGE_SOCKET=$MUNGE_DIR/munge.socket.2
 
 log() { echo "[local_cluster] $*" >&2; }
 
@@ -57,9 +61,13 @@ install_packages() {
     fi
 }
 
+munge_ok() {
+    munge -S "$MUNGE_SOCKET" -n </dev/null 2>/dev/null | unmunge -S "$MUNGE_SOCKET" >/dev/null 2>&1
+}
+
 start_munge() {
-    if [[ -S $MUNGE_SOCKET ]] && munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; then
-        return 0  # a munged is already serving (ours from an earlier `up`, or the system's)
+    if pid_alive "$MUNGE_DIR/munged.pid" && munge_ok; then
+        return 0
     fi
     if [[ ! -s /etc/munge/munge.key ]]; then
         log "creating /etc/munge/munge.key"
@@ -68,25 +76,23 @@ start_munge() {
         chown munge:munge /etc/munge/munge.key
         chmod 400 /etc/munge/munge.key
     fi
-    mkdir -p /run/munge /var/lib/munge /var/log/munge
-    chown munge:munge /run/munge /var/lib/munge /var/log/munge
-    chmod 755 /run/munge
-    runuser -u munge -- munged --force
+    mkdir -p "$MUNGE_DIR"
+    chown munge:munge "$MUNGE_DIR"
+    chmod 700 "$MUNGE_DIR"
+    runuser -u munge -- munged --force --socket="$MUNGE_SOCKET" --pid-file="$MUNGE_DIR/munged.pid" \
+        --seed-file="$MUNGE_DIR/munged.seed" --log-file="$MUNGE_DIR/munged.log"
     for _ in $(seq 50); do
-        if munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; then
-            cp /run/munge/munged.pid "$DIR/run/munged.pid"  # ours: `down` stops it
-            return 0
-        fi
+        munge_ok && return 0
         sleep 0.1
     done
-    log "munged did not come up"
+    log "munged did not come up; see $MUNGE_DIR/munged.log"
     return 1
 }
 
 write_config() {
     local host cpus mem
     host=$(hostname -s)
-    cpus=$(nproc)
+    cpus=$(getconf _NPROCESSORS_ONLN)  # not nproc: it obeys OMP_NUM_THREADS
     mem=$(awk '/MemTotal/ {printf "%d", $2 / 1024 * 0.9}' /proc/meminfo)
     mkdir -p "$DIR"/{etc,run,log,state,spool}
     local acct="AccountingStorageType=accounting_storage/none"
@@ -138,14 +144,16 @@ EOF
 
 start_mariadb() {
     local sock=$DIR/run/mysqld.sock
+    # a small database: a few MB of accounting, not MariaDB's 180 MB of default logs and buffers
+    local small=(--innodb-log-file-size=4M --innodb-buffer-pool-size=16M --innodb-undo-tablespaces=0)
     if pid_alive "$DIR/run/mariadb.pid"; then return 0; fi
     if [[ ! -d $DIR/mysql/mysql ]]; then
         log "initialising a private MariaDB in $DIR/mysql"
         mariadb-install-db --user=root --datadir="$DIR/mysql" --auth-root-authentication-method=socket \
-            >"$DIR/log/mariadb-install.log" 2>&1
+            "${small[@]}" >"$DIR/log/mariadb-install.log" 2>&1
     fi
     mariadbd --user=root --datadir="$DIR/mysql" --socket="$sock" --port=$((PORT + 3)) --bind-address=127.0.0.1 \
-        --pid-file="$DIR/run/mariadb.pid" --log-error="$DIR/log/mariadb.log" --skip-grant-tables=0 >/dev/null 2>&1 &
+        --pid-file="$DIR/run/mariadb.pid" --log-error="$DIR/log/mariadb.log" "${small[@]}" >/dev/null 2>&1 &
     for _ in $(seq 100); do
         mariadb --socket="$sock" -e 'select 1' >/dev/null 2>&1 && break
         sleep 0.2
@@ -248,12 +256,23 @@ down() {
     stop_pidfile slurmctld "$DIR/run/slurmctld.pid"
     stop_pidfile slurmdbd "$DIR/run/slurmdbd.pid"
     stop_pidfile mariadb "$DIR/run/mariadb.pid"
-    stop_pidfile munged "$DIR/run/munged.pid"  # only a munged this script started has its pid file here
+    stop_pidfile munged "$MUNGE_DIR/munged.pid"
+    # job steps still alive after slurmd went (slurmstepd outlives it): ours carry our SLURM_CONF
+    local pid
+    for pid in $(pgrep -x slurmstepd 2>/dev/null); do
+        if tr '\0' '\n' </proc/"$pid"/environ 2>/dev/null | grep -qx "SLURM_CONF=$CONF"; then
+            log "stopping leftover slurmstepd ($pid)"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    done
 }
 
 status() {
+    local d f
     for d in munged slurmctld slurmd slurmdbd mariadb; do
-        if pid_alive "$DIR/run/$d.pid"; then echo "$d: running (pid $(cat "$DIR/run/$d.pid"))"; else echo "$d: -"; fi
+        f=$DIR/run/$d.pid
+        [[ $d == munged ]] && f=$MUNGE_DIR/munged.pid
+        if pid_alive "$f"; then echo "$d: running (pid $(cat "$f"))"; else echo "$d: -"; fi
     done
     if cluster_up; then
         SLURM_CONF=$CONF sinfo

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,13 +27,24 @@ from runner import ROOT, TINY_RUN
 pytestmark = pytest.mark.slurm
 
 SCRIPT = ROOT / "slurm" / "local_cluster.sh"
-# The cluster of the tests: its own state dir and ports, so a cluster a developer runs is left alone.
-CLUSTER_ENV = {
-    "MORA_SLURM_DIR": os.environ.get("MORA_SLURM_TEST_DIR", "/tmp/mora-slurm-test"),
-    "MORA_SLURM_PORT": os.environ.get("MORA_SLURM_TEST_PORT", "6917"),
-    "MORA_SLURM_ACCOUNTING": os.environ.get("MORA_SLURM_ACCOUNTING", "1"),
-    "MORA_SLURM_REQUEUE_DELAY": "5",
-}
+
+
+def _free_port_base(count: int = 4) -> int:
+    """A base port with `count` free ports after it (slurmctld, slurmd, slurmdbd, mariadb)."""
+    import random
+    import socket
+
+    for _ in range(200):
+        base = random.randrange(20000, 40000)
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no free ports for the test cluster")
+
 
 # 200 steps: long enough to be interrupted mid-run after the checkpoint at step 20
 RUN = [o for o in TINY_RUN if not o.startswith(("experiment=", "logger="))] + [
@@ -63,28 +75,35 @@ def _overrides() -> list[str]:
     return out
 
 
+CLUSTER: dict[str, str] = {}  # the environment of this session's cluster (set by the fixture)
+
+
 def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
-            "SLURM_CONF": str(Path(CLUSTER_ENV["MORA_SLURM_DIR"]) / "etc" / "slurm.conf")}
+            "SLURM_CONF": CLUSTER["SLURM_CONF"]}
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    env = {**os.environ, **CLUSTER_ENV}
-    before = subprocess.run([str(SCRIPT), "status"], env=env, capture_output=True, text=True)
-    was_up = "slurmctld: running" in before.stdout
+    """A one-node cluster of this session's own (state dir, ports, munged), stopped at the end."""
+    import tempfile
+
+    root = tempfile.mkdtemp(prefix="mora-slurm-")
+    env = {**os.environ, "MORA_SLURM_DIR": root, "MORA_SLURM_PORT": str(_free_port_base()),
+           "MORA_SLURM_ACCOUNTING": os.environ.get("MORA_SLURM_ACCOUNTING", "1"), "MORA_SLURM_REQUEUE_DELAY": "5"}
     up = subprocess.run([str(SCRIPT), "up"], env=env, capture_output=True, text=True, timeout=900)
-    if up.returncode == 3:
-        pytest.skip(f"Slurm cannot be installed on this machine, so the Slurm tests cannot run: {up.stderr.strip()}")
-    assert up.returncode == 0, f"slurm/local_cluster.sh up failed:\n{up.stdout}\n{up.stderr}"
-    print(up.stderr.strip())
     try:
+        if up.returncode == 3:
+            pytest.skip(f"Slurm cannot be installed on this machine, so the Slurm tests cannot run: {up.stderr.strip()}")
+        assert up.returncode == 0, f"slurm/local_cluster.sh up failed:\n{up.stdout}\n{up.stderr}"
+        print(up.stderr.strip())
+        CLUSTER["SLURM_CONF"] = f"{root}/etc/slurm.conf"
         yield env
     finally:
-        if not was_up:
-            down = subprocess.run([str(SCRIPT), "down"], env=env, capture_output=True, text=True, timeout=120)
-            print(down.stderr.strip())
-            assert down.returncode == 0, down.stderr
+        down = subprocess.run([str(SCRIPT), "down"], env=env, capture_output=True, text=True, timeout=120)
+        print(down.stderr.strip())
+        shutil.rmtree(f"{root}/mysql", ignore_errors=True)  # the accounting database; logs stay for a look
+        assert down.returncode == 0, down.stderr
 
 
 @pytest.fixture(scope="module")
