@@ -65,7 +65,7 @@ def _run(layer, x, gy, fast, functional=False):
     return y.detach(), x.grad, grads, took
 
 
-def _close(a, b, what):
+def check_close(a, b, what):
     assert a.shape == b.shape, what
     assert torch.allclose(a, b, rtol=1e-9, atol=1e-9), f"{what}: max abs err {(a - b).abs().max().item():.3g}"
 
@@ -80,11 +80,11 @@ def _compare(layer, lead=(3, 5), expect_fast=True):
         out = _run(layer, x, gy, fast=True, functional=functional)
         assert out[3] == (1 if expect_fast else 0), "fast path taken?"
         tag = f"{layer.config.method} {layer.extra_repr()} functional={functional}"
-        _close(out[0], ref[0], f"output {tag}")
-        _close(out[1], ref[1], f"grad x {tag}")
+        check_close(out[0], ref[0], f"output {tag}")
+        check_close(out[1], ref[1], f"grad x {tag}")
         assert out[2].keys() == ref[2].keys()
         for name in ref[2]:
-            _close(out[2][name], ref[2][name], f"grad {name} {tag}")
+            check_close(out[2][name], ref[2][name], f"grad {name} {tag}")
 
 
 @pytest.mark.parametrize("method,opts", METHODS, ids=lambda v: v if isinstance(v, str) else str(v))
@@ -135,7 +135,7 @@ def test_partial_grads_and_no_input_grad():
         ref(x).square().sum().backward()
         for (name, p), (_, q) in zip(layer.adapter_parameters(), ref.adapter_parameters()):
             if p.requires_grad:
-                _close(p.grad, q.grad, f"{method} {name}")
+                check_close(p.grad, q.grad, f"{method} {name}")
 
 
 def test_auto_mode_keeps_cpu_on_reference():
@@ -169,7 +169,7 @@ def test_dora_norm_cache_follows_weight_edits():
             layer.base.weight.mul_(1.5)
         fast = layer(x)
     layer.fast_path = False
-    _close(fast, layer(x), "dora after editing W0")
+    check_close(fast, layer(x), "dora after editing W0")
 
 
 @pytest.mark.filterwarnings("ignore:.*trains")
@@ -189,9 +189,9 @@ def test_tiny_llama_end_to_end(make_tiny_llama):
             loss.backward()
             losses.append(loss.detach())
             grads.append({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
-        _close(losses[1], losses[0], f"{method} loss")
+        check_close(losses[1], losses[0], f"{method} loss")
         for name in grads[0]:
-            _close(grads[1][name], grads[0][name], f"{method} {name}")
+            check_close(grads[1][name], grads[0][name], f"{method} {name}")
 
 
 def test_step_bench_cpu_mode(tmp_path):
