@@ -9,14 +9,15 @@ The grid is the artifact spec's (experiments/*.yaml, format in mora/report.py): 
 group x learning rate of its grid x other swept hyperparameters x seed is one run, with exactly the
 overrides `python -m mora.report` composes for that cell, so the run lands where the report looks.
 Each run's id comes from its composed config (mora.runs); a run whose metrics.json says `completed`
-is skipped and listed, a failed, interrupted or half-done one is launched again (and resumes from
-its last complete checkpoint). On Slurm, tasks of an earlier launch still queued or running are
-left alone too. Relaunching a finished grid launches nothing.
+is skipped and listed; a failed, interrupted or half-done one is launched again (and resumes from
+its last complete checkpoint), and so is one that trained but lacks a benchmark score the table
+reads (mora.train then only scores it). On Slurm, tasks of an earlier launch still queued or running
+are left alone too. Relaunching a finished grid launches nothing.
 
 What gets written, under <runs-dir>/.launch/<artifact>-<section>-<time>/:
   manifest.txt   one line of Hydra overrides per task (task i = line i); what the array job runs
   cells.json     the same cells with labels and run ids
-  logs/          Slurm task logs (sbatch) / .submitit/ (submitit) / local-<k>.log (--jobs > 1)
+  logs/          Slurm task logs (sbatch); .submitit/ (submitit); local/ or local-<k>/train.log (--jobs N)
 
 Launchers:
   local        Hydra multirun here (hydra/sweeper=manifest, basic launcher); --jobs N splits it in N processes
@@ -43,7 +44,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .report import CONF_DIR, Composer, candidates_for, load_spec
+from .report import CONF_DIR, Composer, candidates_for, load_spec, lookup
 from .runs import STATUS_COMPLETED, read_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,13 +63,10 @@ class Cell:
     run_id: str
     path: str
     overrides: list[str]
-    status: str = "missing"  # completed | running | interrupted | failed | missing | queued (on Slurm now)
+    status: str = "missing"  # completed | unscored | running | interrupted | failed | missing | queued (on Slurm)
     detail: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def line(self) -> str:
-        return " ".join(shlex.quote(o) for o in self.overrides)
+    scores: list[str] = field(default_factory=list)  # benchmark scores the report reads from this run
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,10 +98,14 @@ def expand(spec_path: str | Path, sections: list[str], runs_dir: str | Path, ext
             section = spec.sections[name]
             for row in section.rows:
                 for group in section.groups.values():
+                    # scores a benchmark adds after training (not eval steps, not the loss curve)
+                    scores = [c.metric for c in section.columns
+                              if c.group == group.name and c.step is None and c.metric != "train_loss"]
                     for candidate in candidates_for(spec, section, row, group, composer, runs_dir, list(extra or [])):
                         for run in candidate.runs:
                             key = (run["path"].parent.name, run["run_id"])
                             if key in cells:
+                                cells[key].scores += [m for m in scores if m not in cells[key].scores]
                                 continue
                             cells[key] = Cell(
                                 label=_label(row, group, candidate, run["seed"], section),
@@ -113,6 +115,7 @@ def expand(spec_path: str | Path, sections: list[str], runs_dir: str | Path, ext
                                 overrides=list(run["overrides"]),
                                 extra={"section": name, "row": row.label, "group": group.name, "seed": run["seed"],
                                        "lr": candidate.lr, **{k: v for k, v in candidate.sweep.items()}},
+                                scores=list(scores),
                             )
     out = list(cells.values())
     check_cells(out, spec.path, conf_dir)
@@ -168,14 +171,22 @@ def check_cells(cells: list[Cell], where: Path, conf_dir: Path = CONF_DIR) -> No
 
 
 def refresh(cell: Cell) -> Cell:
+    """The cell's status from its metrics.json. A run that finished training but lacks a score the
+    report reads (its evaluation failed or was cut short) is `unscored`: launched again, mora.train
+    skips the training and scores it."""
     metrics_path = Path(cell.path) / "metrics.json"
-    if metrics_path.is_file():
-        try:
-            cell.status = read_json(metrics_path).get("status") or "missing"
-        except (OSError, ValueError):
-            cell.status = "missing"
-    else:
-        cell.status = "missing"
+    cell.status, cell.detail = "missing", ""
+    if not metrics_path.is_file():
+        return cell
+    try:
+        metrics = read_json(metrics_path)
+    except (OSError, ValueError):
+        return cell
+    cell.status = metrics.get("status") or "missing"
+    if cell.status == STATUS_COMPLETED:
+        missing = [m for m in cell.scores if lookup(metrics, m) is None]
+        if missing:
+            cell.status, cell.detail = "unscored", "trained, not scored: " + ", ".join(missing)
     return cell
 
 
@@ -275,7 +286,13 @@ class QueueWatcher(threading.Thread):
                 self.job_ids.add(t["job"].split("_", 1)[0])
             now = sorted((t["job"], t["state"]) for t in tasks)
             if now != last and tasks:
-                summary = ", ".join(f"{job} {state}" for job, state in now)
+                if len(now) <= 8:
+                    summary = ", ".join(f"{job} {state}" for job, state in now)
+                else:
+                    counts: dict[str, int] = {}
+                    for _, state in now:
+                        counts[state] = counts.get(state, 0) + 1
+                    summary = f"{len(now)} tasks: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
                 print(f"[squeue {time.strftime('%H:%M:%S')}] {summary}", flush=True)
             last = now
             self.stop.wait(self.interval)
@@ -307,9 +324,16 @@ def write_manifest(path: Path, cells: list[Cell], common: list[str]) -> None:
     (path / "cells.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
 
 
+def hydra_string(value: str | Path) -> str:
+    """A quoted Hydra override value: paths may hold characters Hydra's grammar reserves."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def _train_multirun(manifest: Path, sweep_dir: Path, launcher: str, hydra_args: list[str]) -> list[str]:
+    # validate=false: every cell was composed and checked by expand() already
     return [sys.executable, "-m", "mora.train", "-m", f"+launcher={launcher}", "hydra/sweeper=manifest",
-            f"hydra.sweeper.manifest={manifest}", f"hydra.sweep.dir={sweep_dir}", *hydra_args]
+            f"hydra.sweeper.manifest={hydra_string(manifest)}", "hydra.sweeper.validate=false",
+            f"hydra.sweep.dir={hydra_string(sweep_dir)}", *hydra_args]
 
 
 def run_local(cells: list[Cell], out: Path, jobs: int, hydra_args: list[str], common: list[str]) -> int:
@@ -344,7 +368,8 @@ def run_submitit(cells: list[Cell], out: Path, launcher: str, hydra_args: list[s
                  spec_artifact: str) -> tuple[int, set[str]]:
     comment = COMMENT_PREFIX + str(out)
     cmd = _train_multirun(out / "manifest.txt", out, launcher,
-                          [f"hydra.launcher.comment={comment}", f"hydra.launcher.name=mora-{spec_artifact}", *hydra_args])
+                          [f"hydra.launcher.comment={hydra_string(comment)}", f"hydra.launcher.name=mora-{spec_artifact}",
+                           *hydra_args])
     print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
     watcher = QueueWatcher(comment)
     watcher.start()
@@ -359,8 +384,6 @@ def run_submitit(cells: list[Cell], out: Path, launcher: str, hydra_args: list[s
 
 def run_sbatch(cells: list[Cell], out: Path, sbatch_args: list[str], parallel: int | None, wait: bool,
                spec_artifact: str) -> tuple[int, set[str]]:
-    if not slurm_available():
-        raise ValueError("sbatch/squeue not found: no Slurm here (slurm/local_cluster.sh up starts a one-node one)")
     comment = COMMENT_PREFIX + str(out)
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
@@ -379,10 +402,16 @@ def run_sbatch(cells: list[Cell], out: Path, sbatch_args: list[str], parallel: i
         return 0, {job_id}
     watcher = QueueWatcher(comment)
     watcher.start()
+    failures = 0
     try:
         while True:
             q = _run(["squeue", "-h", "-j", job_id, "-o", "%i"], timeout=60)
             if q.returncode == 0 and not q.stdout.strip():
+                break
+            failures = 0 if q.returncode == 0 else failures + 1
+            if failures >= 30:
+                print(f"squeue has failed for a minute ({q.stderr.strip()}); not waiting for job {job_id} any longer",
+                      file=sys.stderr)
                 break
             time.sleep(2)
     finally:
@@ -401,7 +430,7 @@ def print_plan(cells: list[Cell], todo: list[Cell]) -> None:
         why = "finished" if cell.status == STATUS_COMPLETED else cell.detail or cell.status
         print(f"skip    {cell.label}  [{why}]  {cell.path}")
     for cell in todo:
-        why = {"missing": "not started", "running": "started earlier, not queued: resumes"}.get(cell.status, cell.status)
+        why = cell.detail or {"missing": "not started", "running": "started earlier, not queued: resumes"}.get(cell.status, cell.status)
         print(f"launch  {cell.label}  [{why}]  {cell.path}")
     done = sum(c.status == STATUS_COMPLETED for c in cells)
     queued = sum(c.status == "queued" for c in cells)
@@ -435,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.launcher not in {"sbatch", *launchers}:
         print(f"error: unknown launcher {args.launcher!r}; choose sbatch or one of {launchers} (conf/launcher/)", file=sys.stderr)
         return 2
-    if args.launcher != "local" and args.launcher != "sbatch" and not slurm_available() and not args.dry_run:
+    if args.launcher != "local" and not slurm_available() and not args.dry_run:
         print(f"error: --launcher {args.launcher} submits to Slurm, but sbatch/squeue are not on PATH "
               "(slurm/local_cluster.sh up starts a one-node cluster here)", file=sys.stderr)
         return 2
@@ -452,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         print("nothing to launch: submitted 0 jobs")
         return 0
     # every task writes to this store, wherever Slurm starts it (paths.* are not part of the run id)
-    common = [f"paths.runs_dir={runs_dir}"]
+    common = [f"paths.runs_dir={hydra_string(runs_dir)}"]
     if args.dry_run:
         print("manifest (dry run, not written):")
         for cell in todo:

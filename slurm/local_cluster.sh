@@ -35,15 +35,22 @@ pid_alive() {  # pid_alive FILE: the pid in FILE is a live process
 }
 
 have_slurm() {
-    command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v sbatch >/dev/null \
-        && command -v munged >/dev/null
+    local c cmds=(slurmctld slurmd sbatch squeue scontrol munged munge)
+    [[ $ACCOUNTING == 1 ]] && cmds+=(slurmdbd sacctmgr mariadbd mariadb-install-db mariadb)
+    for c in "${cmds[@]}"; do command -v "$c" >/dev/null || return 1; done
 }
 
 install_packages() {
-    local pkgs=(slurm-wlm munge)
-    [[ $ACCOUNTING == 1 ]] && pkgs+=(slurmdbd mariadb-server)
+    # what is missing, by the commands this script runs (a removed package can linger as config files)
     local missing=()
-    for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+    command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v sbatch >/dev/null \
+        || missing+=(slurm-wlm)
+    command -v munged >/dev/null || missing+=(munge)
+    if [[ $ACCOUNTING == 1 ]]; then
+        command -v slurmdbd >/dev/null || missing+=(slurmdbd)
+        command -v mariadbd >/dev/null && command -v mariadb-install-db >/dev/null && command -v mariadb >/dev/null \
+            || missing+=(mariadb-server)
+    fi
     [[ ${#missing[@]} -eq 0 ]] && return 0
     if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
         log "Slurm is not installed and cannot be installed here (needs root and apt-get): ${missing[*]}"
@@ -51,9 +58,9 @@ install_packages() {
     fi
     log "installing ${missing[*]} (apt-get)"
     export DEBIAN_FRONTEND=noninteractive
-    if ! apt-get install -y -q --no-install-recommends "${missing[@]}" >"$DIR/apt.log" 2>&1; then
+    if ! apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300 "${missing[@]}" >"$DIR/apt.log" 2>&1; then
         apt-get update -q >>"$DIR/apt.log" 2>&1 || true
-        if ! apt-get install -y -q --no-install-recommends "${missing[@]}" >>"$DIR/apt.log" 2>&1; then
+        if ! apt-get install -y -q --no-install-recommends -o DPkg::Lock::Timeout=300 "${missing[@]}" >>"$DIR/apt.log" 2>&1; then
             log "apt-get install ${missing[*]} failed; see $DIR/apt.log"
             tail -5 "$DIR/apt.log" >&2
             return 3
@@ -99,12 +106,13 @@ write_config() {
     if [[ $ACCOUNTING == 1 ]]; then
         acct="AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
-AccountingStoragePort=$((PORT + 2))"
+AccountingStoragePort=$((PORT + 2))
+AccountingStoragePass=$MUNGE_SOCKET"
     fi
     cat >"$CONF.tmp" <<EOF
 # Written by slurm/local_cluster.sh: one node (this machine), one partition, jobs run as root.
 ClusterName=$CLUSTER
-SlurmctldHost=$host
+SlurmctldHost=$host(127.0.0.1)
 SlurmctldPort=$PORT
 SlurmdPort=$((PORT + 1))
 SlurmUser=root
@@ -136,7 +144,7 @@ JobRequeue=1
 MinJobAge=300
 KillWait=30
 InactiveLimit=0
-NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
     mv "$CONF.tmp" "$CONF"
@@ -182,9 +190,13 @@ StorageLoc=slurm_acct_db
 EOF
     chmod 600 "$DIR/etc/slurmdbd.conf"
     SLURM_CONF=$CONF slurmdbd  # reads slurmdbd.conf from the directory of $SLURM_CONF
-    for _ in $(seq 100); do
-        SLURM_CONF=$CONF sacctmgr -n list cluster >/dev/null 2>&1 && break
-        sleep 0.2
+    local deadline=$((SECONDS + 30))
+    until SLURM_CONF=$CONF sacctmgr -n list cluster >/dev/null 2>&1; do
+        if ((SECONDS > deadline)); then
+            log "slurmdbd does not answer; see $DIR/log/slurmdbd.log"
+            return 1
+        fi
+        sleep 0.3
     done
     if ! SLURM_CONF=$CONF sacctmgr -n list cluster format=cluster | grep -qw "$CLUSTER"; then
         SLURM_CONF=$CONF sacctmgr -i add cluster "$CLUSTER" >/dev/null
@@ -198,12 +210,13 @@ cluster_up() {
 
 up() {
     mkdir -p "$DIR"
+    chmod 755 "$DIR"  # munged runs as user munge and keeps its socket below it
     if cluster_up; then
         log "already running (SLURM_CONF=$CONF)"
         return 0
     fi
     install_packages || return $?
-    have_slurm || { log "slurmctld/slurmd/sbatch/munged still missing after the install"; return 3; }
+    have_slurm || { log "Slurm / munge (/ slurmdbd, MariaDB) commands still missing after the install"; return 3; }
     write_config
     start_munge
     if [[ $ACCOUNTING == 1 ]]; then

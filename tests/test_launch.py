@@ -3,6 +3,7 @@ the manifest sweeper, and conf/sweep/ agreeing with the artifact specs (Table 5)
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -78,6 +79,22 @@ def test_relaunch_skips_finished_and_relaunches_the_rest(tmp_path, capsys):
     rc = main([str(spec), "--section", "mini", "--runs-dir", str(tmp_path / "runs"), *TINY_OVERRIDES])
     out = capsys.readouterr().out
     assert rc == 0 and "nothing to launch: submitted 0 jobs" in out and out.count("skip    ") == 4
+
+
+def test_trained_but_unscored_runs_are_launched_again(tmp_path, capsys):
+    """A run whose training finished but whose score the table reads is missing (its evaluation
+    failed or was cut short) is launched again: mora.train skips training and scores it."""
+    spec = _spec(tmp_path, SPEC.replace("columns: [3, 6]", "columns: [{key: acc, metric: char_acc}]"))
+    cells = expand(spec, ["mini"], tmp_path / "runs", TINY_RUN[1:])
+    assert all(c.scores == ["char_acc"] for c in cells)
+    for cell in cells:
+        _fake_run(cell.path, "completed")
+    metrics = Path(cells[0].path) / "metrics.json"
+    metrics.write_text(json.dumps({"status": "completed", "final": {"step": 6, "char_acc": 12.5}}))
+    rc = main([str(spec), "--section", "mini", "--runs-dir", str(tmp_path / "runs"), *TINY_OVERRIDES, "--dry-run"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "skipped 1; launching 3" in out
+    assert f"launch  {cells[1].label}  [trained, not scored: char_acc]" in out
 
 
 @pytest.mark.parametrize(
@@ -158,12 +175,21 @@ TASK_OF_GROUP = {"tulu": "tulu", "math": "math", "biomed": "cpt", "finance": "cp
 FAMILY = {"fft": "fft", "lora": "lora", "asylora": "lora", "dora": "lora", "loraplus": "loraplus", "relora": "relora"}
 
 
-def _sweep_params(name: str) -> dict[str, list[float]]:
+@functools.lru_cache(maxsize=1)
+def _all_sweeps() -> dict[str, dict[str, list[float]]]:
+    """hydra.sweeper.params of every conf/sweep/ config, composed as `+sweep=<name>`."""
     from hydra import compose, initialize_config_dir
 
+    out = {}
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"+sweep={name}"], return_hydra_config=True)
-    return {k: sorted(float(x) for x in str(v).split(",")) for k, v in cfg.hydra.sweeper.params.items()}
+        for path in sorted((ROOT / "conf" / "sweep").glob("*.yaml")):
+            cfg = compose(config_name="config", overrides=[f"+sweep={path.stem}"], return_hydra_config=True)
+            out[path.stem] = {k: sorted(float(x) for x in str(v).split(",")) for k, v in cfg.hydra.sweeper.params.items()}
+    return out
+
+
+def _sweep_params(name: str) -> dict[str, list[float]]:
+    return _all_sweeps()[name]
 
 
 def test_sweep_configs_are_table5():
@@ -182,6 +208,7 @@ def test_sweep_configs_are_table5():
             assert set(params) == {"train.lr", *(row.get("hparams") or {})}
             checked.add(f"{task}_{family}")
     assert len(checked) == 18
+    assert set(_all_sweeps()) == checked | {"uuid_fft", "uuid_lora", "uuid_mora", "uuid_mini_fft", "uuid_mini_adapter"}
 
     table2 = yaml.safe_load((ROOT / "experiments" / "table2.yaml").read_text())
     by_method = {"fft": "uuid_fft", "lora": "uuid_lora", "mora": "uuid_mora"}

@@ -84,7 +84,7 @@ def _env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(request):
     """A one-node cluster of this session's own (state dir, ports, munged), stopped at the end."""
     import tempfile
 
@@ -102,7 +102,11 @@ def cluster():
     finally:
         down = subprocess.run([str(SCRIPT), "down"], env=env, capture_output=True, text=True, timeout=120)
         print(down.stderr.strip())
-        shutil.rmtree(f"{root}/mysql", ignore_errors=True)  # the accounting database; logs stay for a look
+        if request.session.testsfailed:
+            shutil.rmtree(f"{root}/mysql", ignore_errors=True)
+            print(f"the test cluster's logs: {root}/log")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
         assert down.returncode == 0, down.stderr
 
 
