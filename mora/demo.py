@@ -35,7 +35,8 @@ def _run_cell(label: str, overrides: list[str], threads: int) -> tuple[str, dict
     import torch
 
     torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.INFO, format=f"[{label}] %(message)s")
+    # workers are reused across cells, so the label prefix must be replaced each time (force=True)
+    logging.basicConfig(level=logging.INFO, format=f"[{label}] %(message)s", force=True)
     logging.getLogger("mora").setLevel(logging.INFO)
     from .train import train
 
@@ -61,7 +62,7 @@ def render_table(section: dict, paper: dict, results: dict[str, dict]) -> str:
     head = " | ".join(f"{s:>5}" for s in steps)
     paper_head = " | ".join(f"{s:>5}" for s in paper_steps)
     lines = [
-        f"{'row':<22}| {'params':>7} | ours at step {head} | paper ({paper['label']}) at step {paper_head}",
+        f"{'row':<22}| {'params':>7} | ours at step {head} | paper at step {paper_head}",
         "-" * (62 + 16 * len(steps)),
     ]
     for row, paper_row in zip(section["rows"], paper["rows"]):
