@@ -183,6 +183,8 @@ def refresh(cell: Cell) -> Cell:
     except (OSError, ValueError):
         return cell
     cell.status = metrics.get("status") or "missing"
+    if metrics.get("error"):  # a failed run says why (e.g. the step its loss went NaN)
+        cell.detail = f"{cell.status}: {metrics['error']}"
     if cell.status == STATUS_COMPLETED:
         missing = [m for m in cell.scores if lookup(metrics, m) is None]
         if missing:
@@ -464,10 +466,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.launcher not in {"sbatch", *launchers}:
         print(f"error: unknown launcher {args.launcher!r}; choose sbatch or one of {launchers} (conf/launcher/)", file=sys.stderr)
         return 2
-    if args.launcher != "local" and not slurm_available() and not args.dry_run:
-        print(f"error: --launcher {args.launcher} submits to Slurm, but sbatch/squeue are not on PATH "
-              "(slurm/local_cluster.sh up starts a one-node cluster here)", file=sys.stderr)
-        return 2
     try:
         spec = load_spec(args.spec)
         cells = expand(args.spec, args.section, runs_dir, args.override)
@@ -487,6 +485,10 @@ def main(argv: list[str] | None = None) -> int:
         for cell in todo:
             print(" ".join(shlex.quote(o) for o in [*cell.overrides, *common]))
         return 0
+    if args.launcher != "local" and not slurm_available():
+        print(f"error: --launcher {args.launcher} submits to Slurm, but sbatch/squeue are not on PATH "
+              "(slurm/local_cluster.sh up starts a one-node cluster here)", file=sys.stderr)
+        return 2
     out = launch_dir_for(runs_dir, spec.artifact, args.section)
     write_manifest(out, todo, common)
     print(f"manifest: {out / 'manifest.txt'} ({len(todo)} lines)")

@@ -123,6 +123,16 @@ def test_bad_spec_fails_before_anything_is_written(tmp_path, capsys, change, mes
     assert not (tmp_path / "runs").exists()
 
 
+def test_slurm_launcher_without_slurm_fails_before_writing(tmp_path, capsys, monkeypatch):
+    """The spec is checked first (a bad grid names its own fix), then the missing Slurm tools."""
+    monkeypatch.setattr("mora.launch.slurm_available", lambda: False)
+    spec = _spec(tmp_path)
+    rc = main([str(spec), "--section", "mini", "--runs-dir", str(tmp_path / "runs"), *TINY_OVERRIDES, "--launcher", "sbatch"])
+    assert rc == 2
+    assert "sbatch/squeue are not on PATH" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_unknown_section_and_launcher(tmp_path, capsys):
     spec = _spec(tmp_path)
     assert main([str(spec), "--section", "paper", "--runs-dir", str(tmp_path)]) == 2
