@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: help install install-smollm2 demo test test-slow test-deepspeed clean
+.PHONY: help install install-smollm2 demo test test-slow test-faults test-deepspeed clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ test: install  ## the default test suite (CPU, offline)
 
 test-slow: install  ## the slow tests only
 	$(PY) -m pytest -q -m slow
+
+test-faults: install  ## fault injection in real processes: random SIGKILLs + relaunch, two grid tasks at once (~2 min)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m faults
 
 test-deepspeed: install  ## DeepSpeed ZeRO-2/3 on 2 CPU processes (gloo): restarts, 1 vs 2 processes (~4 min)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slow tests/test_deepspeed.py

@@ -53,6 +53,7 @@ import math
 import os
 import re
 import statistics
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -526,7 +527,8 @@ def _missing_note(row: Row, group: Group, choice: GroupChoice, runs_dir: Path) -
     lines = [f"{row_name(row)} × {group.label or group.name} ({group.experiment}): no finished run with the metric; the grid's runs:"]
     for candidate in choice.candidates:
         for run in candidate.runs:
-            status = (run["metrics"] or {}).get("status", "not started")
+            metrics = run["metrics"] or {}
+            status = metrics.get("status", "not started") + (f": {metrics['error']}" if metrics.get("error") else "")
             lines.append(f"    {runs_dir / group.experiment / run['run_id']}  [{status}]  {candidate.describe()}, seed {run['seed']}")
     first = choice.candidates[0].runs[0]["overrides"] if choice.candidates and choice.candidates[0].runs else []
     lines.append("    e.g. python -m mora.train " + " ".join(_shell(o) for o in first))
@@ -806,7 +808,11 @@ def render(spec_path: str | Path, runs_dir: str | Path, out_dir: str | Path, sec
             files.append(plot_spectrum(table, stem.with_suffix(".png")))
     wandb_dir = None
     if wandb_log:
-        wandb_dir = log_wandb(tables, [f for f in files if f.suffix == ".png"], out_dir)
+        try:
+            wandb_dir = log_wandb(tables, [f for f in files if f.suffix == ".png"], out_dir)
+        except Exception as exc:  # wandb is a mirror: the files above are the report
+            print(f"warning: wandb logging of the report failed ({type(exc).__name__}: {exc}); the files are "
+                  "written: fix WANDB_MODE / `pip install wandb`, or pass --no-wandb", file=sys.stderr)
     return {"markdown": "\n".join(markdown), "files": files, "tables": tables, "wandb_dir": wandb_dir}
 
 
@@ -831,8 +837,6 @@ def pending_commands(spec_path: str | Path, runs_dir: str | Path, sections: list
 
 
 def main(argv: list[str] | None = None) -> None:
-    import sys
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="Spec format: see the module docstring.")
     parser.add_argument("specs", nargs="+", help="artifact specs, e.g. experiments/table1.yaml")
     parser.add_argument("--section", action="append", help="render only this section (repeatable); default: all")

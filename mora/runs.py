@@ -3,17 +3,25 @@
 `runs/<experiment>/<run_id>/` holds the resolved config, checkpoints, `metrics.json` (every eval point
 with its step, the loss curve, and the run's status) and the log. A run id ignores keys that do not
 change results (paths, logging, checkpoint cadence), so asking again for the same run finds it.
-Every write is atomic (temp file + rename): a crash never leaves a half-written metrics file.
+Every write is atomic (temp file + rename): a crash never leaves a half-written metrics file. Runs of
+one grid write into their own directories, so array tasks running at once never share a file; a
+process training a run holds its lock, so a second process asked for the same run refuses to start.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import logging
 import os
+import socket
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+log = logging.getLogger("mora")
 
 NON_SEMANTIC_KEYS = (
     "paths",
@@ -31,6 +39,7 @@ NON_SEMANTIC_KEYS = (
 )
 METRICS_NAME = "metrics.json"
 CONFIG_NAME = "config.json"
+LOCK_NAME = ".lock"
 STATUS_RUNNING, STATUS_COMPLETED, STATUS_FAILED = "running", "completed", "failed"
 
 
@@ -75,6 +84,10 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
+class RunBusyError(ValueError):
+    """Another live process is training this run (a duplicate array task, a relaunch too early)."""
+
+
 class RunDir:
     """One run's directory in the store; creating the object writes nothing."""
 
@@ -98,3 +111,26 @@ class RunDir:
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         write_json_atomic(self.metrics_path, {"run_id": self.id, **metrics})
+
+    @contextlib.contextmanager
+    def claimed(self) -> Iterator[None]:
+        """Hold the run's lock while training it. The lock is an flock on `<run>/.lock`: the system drops
+        it when the holder dies (even by SIGKILL), so a crashed run never stays locked. On a filesystem
+        without flock the run goes on unlocked, with a warning."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / LOCK_NAME, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise RunBusyError(
+                    f"run {self.id} ({self.path}) is being trained by {holder}; this process started nothing. "
+                    "Wait for that one to finish (then this run is skipped as finished) or stop it, then relaunch"
+                ) from None
+            except OSError as exc:
+                log.warning("cannot lock %s (%s): a second process training this run would not be stopped", self.path, exc)
+            handle.truncate(0)
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+            handle.flush()
+            yield

@@ -8,6 +8,7 @@ config costs no compute and leaves nothing in the results store.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -19,6 +20,7 @@ from typing import Any
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -27,7 +29,7 @@ from .adapters import AdapterConfig, apply_adapters, config_from_dict, merge_and
 from .evaluate import evaluate_run, wants_evaluation
 from .evaluation.spectrum import SNAPSHOT_NAME, save_snapshot
 from .runs import STATUS_COMPLETED, STATUS_FAILED, RunDir
-from .training.callbacks import RestartCallback, RunRecorder, last_complete_checkpoint
+from .training.callbacks import RestartCallback, RunRecorder, discard_torn_checkpoints, last_complete_checkpoint
 from .training.distributed import (
     check_deepspeed_config,
     ensure_single_process_env,
@@ -37,6 +39,7 @@ from .training.distributed import (
     strip_launcher_args,
     world_size,
 )
+from .training.finite import stopping_on_nonfinite_loss
 from .training.optim import build_optimizer, build_scheduler
 from .training.preemption import STATUS_INTERRUPTED, GracefulStop, RunInterrupted
 from .training.wandb_log import WandbLogger
@@ -91,6 +94,18 @@ def evaluate_after_training(cfg: DictConfig) -> bool:
     return bool(bench) and bool(bench.get("after_training")) and wants_evaluation(bench)
 
 
+def build(node: DictConfig, **kwargs: Any) -> Any:
+    """`instantiate`, except that a builder's own ValueError (a missing data file, an unknown option)
+    comes out as itself rather than wrapped in Hydra's InstantiationException, so the CLI reports it
+    as the one-line error it is (exit status 2)."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, ValueError):
+            raise exc.__cause__ from None
+        raise
+
+
 def _attach_log_file(path: Path) -> logging.Handler:
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -109,6 +124,11 @@ def _detach_log_file(handler: logging.Handler | None) -> None:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run (or resume, or skip) the run `cfg` describes; returns its metrics."""
+    with contextlib.ExitStack() as held:  # the run's lock, released however training ends
+        return _train(cfg, held)
+
+
+def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, Any]:
     from transformers import Trainer, TrainingArguments, set_seed
 
     container = OmegaConf.to_container(cfg, resolve=True)
@@ -127,10 +147,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     main_process = is_main_process()  # with several processes only rank 0 writes the run's record
 
     set_seed(cfg.seed)
-    tokenizer = instantiate(cfg.model.tokenizer)
-    task = instantiate(cfg.data.builder, tokenizer=tokenizer)
-    evaluator = instantiate(cfg.eval.metric) if cfg.eval.metric else None
-    model = instantiate(cfg.model.network, tokenizer=tokenizer)
+    tokenizer = build(cfg.model.tokenizer)
+    task = build(cfg.data.builder, tokenizer=tokenizer)
+    evaluator = build(cfg.eval.metric) if cfg.eval.metric else None
+    model = build(cfg.model.network, tokenizer=tokenizer)
     report = apply_adapters(model, method_cfg)
     log.info("%s", report)
     train_rows = task.train_dataset()
@@ -141,13 +161,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         optimizer, cfg.train, restarts.merge_every if restarts else 0, restarts.rewarm_steps if restarts else 0
     )
 
-    # Everything is checked: from here on the run is recorded.
-    run.path.mkdir(parents=True, exist_ok=True)
+    # Everything is checked: from here on the run is recorded, by one process at a time.
     if main_process:
+        held.enter_context(run.claimed())
+        if run.finished and world_size() == 1:  # finished by another process while this one got ready
+            log.info("run %s was finished meanwhile (%s): skipping it", run.id, run.path)
+            return run.metrics()
         run.write_config()
+    run.path.mkdir(parents=True, exist_ok=True)
     handler = _attach_log_file(run.path / "train.log") if main_process else None
     if main_process and cfg.benchmark.get("spectrum") and not (run.path / SNAPSHOT_NAME).is_file():
         save_snapshot(model, run.path / SNAPSHOT_NAME)  # ΔW = final - these, for the spectrum
+    if main_process:
+        discard_torn_checkpoints(run.checkpoints)  # left by a process killed while writing them
     resume = last_complete_checkpoint(run.checkpoints)
     previous = (run.metrics() or {}) if resume else {}
     metrics: dict[str, Any] = {
@@ -198,7 +224,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         deepspeed=OmegaConf.to_container(cfg.train.deepspeed, resolve=True) if cfg.train.deepspeed else None,
         **ds_args,
     )
-    trainer_cls = keeping_optimizer(Trainer) if ds_config is not None else Trainer
+    trainer_cls = stopping_on_nonfinite_loss(keeping_optimizer(Trainer) if ds_config is not None else Trainer)
     dtypes = {name: p.dtype for name, p in model.named_parameters()}  # before DeepSpeed casts them
     trainer = trainer_cls(
         model=model,

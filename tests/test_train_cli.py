@@ -79,20 +79,23 @@ def test_wandb_offline_run_holds_the_metrics(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "override,message",
+    "override,message,status",
     [
-        ("method=nope", "method"),
-        ("method.r=0", "r must be a positive integer"),
-        ("method.target_modules=[nope_proj]", "match no nn.Linear"),
-        ("train.micro_batch_size=3", "not a multiple"),
+        ("method=nope", "Available options in 'method'", 1),  # Hydra's own error
+        ("method.r=0", "error: lora: r must be a positive integer, got 0; set method.r >= 1", 2),
+        ("method.target_modules=[nope_proj]", "match no nn.Linear", 2),
+        ("train.micro_batch_size=3", "not a multiple", 2),
+        ("data.builder.task=wiki", "error: unknown data builder 'wiki'; choose one of", 2),  # raised inside a builder
     ],
 )
-def test_bad_config_fails_before_training(tmp_path, override, message):
-    result = run_cli(tmp_path, "method=lora", override)
-    assert result.returncode != 0
+def test_bad_config_fails_before_training(tmp_path, override, message, status):
+    """The CLI side of docs/reliability.md's bad-input table (tests/test_bad_run_input.py, in-process):
+    a non-zero exit status, the message on stderr, no traceback for our own errors, an empty store."""
+    result = run_cli(tmp_path / "runs", "method=lora", override)
+    assert result.returncode == status, result.stderr[-2000:]
     assert message in result.stderr, result.stderr[-2000:]
-    assert metrics_files(tmp_path) == []
-    assert not list(tmp_path.rglob("checkpoint-*"))
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("method", ["relora", "remora"])

@@ -70,7 +70,8 @@ def apply_adapters(model: nn.Module, method_cfg: AdapterConfig | dict) -> Budget
             examples = sorted({_module_type(n) for n, _ in linears})[:12]
             raise ValueError(
                 f"{config.method}: target_modules {list(config.target_modules)} match no nn.Linear in "
-                f"{type(model).__name__}; its linear layers are named like {examples}"
+                f"{type(model).__name__}; its linear layers are named like {examples}: set "
+                "method.target_modules to some of them"
             )
         keep = _trainable_modules(model, config)
         model.requires_grad_(False)

@@ -28,7 +28,9 @@ class LoRAConfig(AdapterConfig):
     def validate(self) -> None:
         super().validate()
         if not self.alpha > 0:
-            raise ValueError(f"{self.method}: alpha must be > 0, got {self.alpha!r}; the paper uses 16 at r 8")
+            raise ValueError(
+                f"{self.method}: alpha must be > 0, got {self.alpha!r}; set method.alpha > 0 (the paper uses 16 at r 8)"
+            )
         if self.init not in INITS:
             raise ValueError(f"{self.method}: init must be one of {INITS}, got {self.init!r}")
 

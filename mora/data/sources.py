@@ -62,7 +62,10 @@ def check_row(row: Any, schema: Schema, where: str) -> None:
     """Raise a ValueError naming the missing or mistyped field and the schema the builder expects."""
     problem = _mismatch(row, schema, "")
     if problem:
-        raise ValueError(f"{where}: {problem}; this builder expects rows like {describe(schema)}")
+        raise ValueError(
+            f"{where}: {problem}; this builder expects rows like {describe(schema)}: convert the data to that "
+            "schema or pick the data config made for its format"
+        )
 
 
 def looks_local(source: str) -> bool:
@@ -102,10 +105,19 @@ class Source:
 
     def rows(self, schema: Schema, seed: int | None = None, shuffle_buffer: int = 10_000) -> Iterator[dict]:
         """Every row, schema-checked. `seed` shuffles a hub stream through a buffer (map-style data is
-        shuffled by the builder after caching, so caches do not depend on the seed)."""
+        shuffled by the builder after caching, so caches do not depend on the seed). A source with no
+        row at all is an error that says so, rather than an empty dataset failing later for another reason."""
+        count = 0
         for where, row in self._local_rows() if self.local else self._hub_rows(seed, shuffle_buffer):
             check_row(row, schema, where)
+            count += 1
             yield row
+        if not count:
+            what = ", ".join(str(p) for p in self.files) if self.local else f"split {self.split!r}"
+            raise ValueError(
+                f"data source {self.name!r} holds no rows ({what}); point data.builder.source at a file with "
+                f"rows like {describe(schema)}"
+            )
 
     def _local_rows(self) -> Iterator[tuple[str, Any]]:
         for path in self.files:
@@ -117,7 +129,10 @@ class Source:
                         if line.strip():
                             yield f"{path} line {n}", _parse_json(line, f"{path} line {n}")
             elif path.suffix == ".json":
-                items = _parse_json(path.read_text(encoding="utf-8"), str(path))
+                text = path.read_text(encoding="utf-8")
+                if not text.strip():
+                    continue  # an empty file holds no rows
+                items = _parse_json(text, str(path))
                 if not isinstance(items, list):
                     raise ValueError(f"{path}: a .json source must hold a list of row objects, not a {type(items).__name__}")
                 for i, item in enumerate(items):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -16,10 +16,6 @@ from .zero import restart_adapters
 
 log = logging.getLogger("mora")
 COMPLETE_MARKER = "COMPLETE"
-
-
-class NonFiniteLossError(RuntimeError):
-    pass
 
 
 class RestartCallback(TrainerCallback):
@@ -64,11 +60,6 @@ class RunRecorder(TrainerCallback):
         self.state = state
         self._write(STATUS_RUNNING)
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(loss):
-            raise NonFiniteLossError(f"training loss is {loss} at step {state.global_step}")
-
     def on_step_end(self, args, state, control, model=None, **kwargs):
         step = state.global_step
         if self.evaluate is not None and (step in self.eval_steps or step == state.max_steps):
@@ -103,7 +94,28 @@ class RunRecorder(TrainerCallback):
         self._write(status)
 
 
+def _step(checkpoint: Path) -> int:
+    return int(checkpoint.name.rsplit("-", 1)[1])
+
+
+def _checkpoints(checkpoints: Path) -> list[Path]:
+    """The Trainer's `checkpoint-<step>` directories, oldest first."""
+    found = [p for p in checkpoints.glob("checkpoint-*") if p.is_dir() and p.name.rsplit("-", 1)[1].isdigit()]
+    return sorted(found, key=_step)
+
+
 def last_complete_checkpoint(checkpoints: Path) -> Path | None:
     """The newest checkpoint the Trainer finished writing; torn ones (no marker) are never resumed."""
-    done = [p for p in checkpoints.glob("checkpoint-*") if (p / COMPLETE_MARKER).is_file()]
-    return max(done, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
+    done = [p for p in _checkpoints(checkpoints) if (p / COMPLETE_MARKER).is_file()]
+    return done[-1] if done else None
+
+
+def discard_torn_checkpoints(checkpoints: Path) -> list[str]:
+    """Delete the checkpoints a killed process left half written (no marker), and return their names.
+    Never resumed from anyway, left in place they would count in the Trainer's rotation of old
+    checkpoints (save_total_limit) and could push out a complete one."""
+    torn = [p for p in _checkpoints(checkpoints) if not (p / COMPLETE_MARKER).is_file()]
+    for path in torn:
+        log.warning("%s is incomplete (the process died while writing it): deleted, not resumed from", path.name)
+        shutil.rmtree(path, ignore_errors=True)
+    return [p.name for p in torn]

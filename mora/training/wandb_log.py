@@ -7,12 +7,18 @@ group is its paper artifact and its job type the method, so one project holds ev
 from __future__ import annotations
 
 import logging
-import warnings
 from typing import Any
 
 from transformers import TrainerCallback
 
 log = logging.getLogger("mora")
+FIX = "metrics.json holds everything; fix logger.wandb (or `pip install wandb`), or set logger=none to silence this"
+
+
+def _warn(what: str, exc: Exception) -> None:
+    """Say in the log (and the run's train.log) why wandb stopped mirroring, and that nothing is lost."""
+    reason = " ".join(str(exc).split())  # one line, however long wandb's own message is
+    log.warning("wandb %s failed (%s: %s): going on without wandb; %s", what, type(exc).__name__, reason, FIX)
 
 
 def dashboard_config(summary: dict[str, Any], run_id: str, group: str | None) -> dict[str, Any]:
@@ -43,7 +49,7 @@ def log_evaluation(settings: dict[str, Any], run_dir: str, run_id: str, summary:
         run.summary.update({f"eval/{k}": v for k, v in scores.items()})
         run.finish()
     except Exception as exc:  # wandb is a mirror: never a reason for evaluation to fail
-        warnings.warn(f"wandb logging of the evaluation failed: {type(exc).__name__}: {exc}", stacklevel=2)
+        _warn("logging of the evaluation", exc)
 
 
 class WandbLogger(TrainerCallback):
@@ -74,7 +80,7 @@ class WandbLogger(TrainerCallback):
                 settings=wandb.Settings(silent=True, console="off"),
             )
         except Exception as exc:  # wandb missing, misconfigured or offline-broken: keep training
-            warnings.warn(f"wandb logging disabled: {type(exc).__name__}: {exc}", stacklevel=2)
+            _warn("init", exc)
             self.run = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -89,7 +95,7 @@ class WandbLogger(TrainerCallback):
         try:
             self.run.log(data, step=step)
         except Exception as exc:
-            warnings.warn(f"wandb log failed, disabling it: {exc}", stacklevel=2)
+            _warn("log", exc)
             self.run = None
 
     def log_summary(self, values: dict[str, Any]) -> None:
@@ -99,7 +105,7 @@ class WandbLogger(TrainerCallback):
         try:
             self.run.summary.update({f"eval/{k}": v for k, v in values.items()})
         except Exception as exc:
-            warnings.warn(f"wandb summary update failed: {exc}", stacklevel=2)
+            _warn("summary update", exc)
 
     def finish(self, summary: dict[str, Any]) -> None:
         if self.run is None:
@@ -108,5 +114,5 @@ class WandbLogger(TrainerCallback):
             self.run.summary.update(summary)
             self.run.finish()
         except Exception as exc:
-            warnings.warn(f"wandb finish failed: {exc}", stacklevel=2)
+            _warn("finish", exc)
         self.run = None
