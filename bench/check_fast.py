@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mora import kernels  # noqa: E402
 from mora.adapters import make_adapter  # noqa: E402
 from mora.kernels import fast_path, force_functional  # noqa: E402
+from mora.kernels import fused_gemm  # noqa: E402
 
 METHODS = [
     ("lora", {}),
@@ -80,14 +81,17 @@ def _build(opts, d, k, r, bias, device, seed):
     return layer
 
 
-def _run(layer, x, gy, mode, functional=False):
+def _run(layer, x, gy, mode, functional=False, triton=False):
     layer.zero_grad(set_to_none=True)
     x = x.detach().clone().requires_grad_(True)
     before = sum(kernels.calls.values())
-    with fast_path(mode), force_functional(functional):
+    launched = fused_gemm.launches[0]
+    with fast_path(mode), force_functional(functional), fused_gemm.enabled(triton, gather=triton):
         y = layer(x)
+        y.backward(gy)
     took = sum(kernels.calls.values()) - before
-    y.backward(gy)
+    if triton and fused_gemm.launches[0] == launched:
+        took = -1  # the Triton GEMM does not apply here (shape, device or kind)
     tensors = {"out": y.detach(), "grad_x": x.grad}
     for name, p in layer.adapter_parameters():
         if p.requires_grad:
@@ -129,21 +133,28 @@ def run_check(device: str = "cuda", quick: bool = False, compile_cases: bool = F
         gy = torch.randn(*lead, d, device=device, dtype=torch.float64, generator=gen)
         ref, _ = _run(layer64, x, gy, "off")
         ref16, _ = _run(layer16, x.to(dtype), gy.to(dtype), "off")
-        variants = [("eager", False), ("functional", True)]
-        for tag, functional in variants:
-            got, took = _run(layer16, x.to(dtype), gy.to(dtype), "always", functional)
+        variants = [("triton", False, True), ("eager", False, False), ("functional", True, False)]
+        for tag, functional, triton in variants:
+            got, took = _run(layer16, x.to(dtype), gy.to(dtype), "always", functional, triton)
+            if took == -1:
+                continue
+            label_t = f"{label}+triton" if triton else label
             ok, (key, err, base, _) = _compare(got, ref, ref16)
             ok = ok and took == 1
             all_ok &= ok
             count += 1
-            summary.setdefault(label, []).append((err, base, ok))
+            summary.setdefault(label_t, []).append((err, base, ok))
             if not ok or (d, k) in LLAMA_SHAPES:
                 log(f"{label:<16}{d:>6}{k:>6}{r:>5}{int(bias):>5} {tag:<12}{key:<18}{err:>10.2e}{base:>10.2e}  "
                     f"{'yes' if ok else 'NO'}{'' if took else ' (fused path not taken)'}")
         del layer64, layer16
     if compile_cases and device == "cuda":
-        for label, opts in METHODS[:2] + METHODS[2:3] + METHODS[6:7] + METHODS[8:9]:
-            d, k, r = 1000, 300, 8
+        # (1000, 300): the cuBLAS formulations (300 is no multiple of 8); (1000, 304): the Triton GEMM
+        compiled_cases = [(c, 1000, 300) for c in METHODS[:3] + METHODS[6:7] + METHODS[8:9]]
+        compiled_cases += [(c, 1000, 304) for c in METHODS[:4]]
+        for (label, opts), d, k in compiled_cases:
+            r = 8
+            launched = fused_gemm.launches[0]
             layer64 = _build(opts if "method" in opts else {"method": label, **opts}, d, k, r, False, device, 99)
             layer16 = copy.deepcopy(layer64).to(dtype)
             x = torch.randn(4, 64, k, device=device, dtype=torch.float64)
@@ -154,7 +165,7 @@ def run_check(device: str = "cuda", quick: bool = False, compile_cases: bool = F
             compiled = torch.compile(layer16)
             layer16.zero_grad(set_to_none=True)
             xc = x.to(dtype).requires_grad_(True)
-            with fast_path("always"):
+            with fast_path("always"), fused_gemm.enabled(True, gather=True):
                 y = compiled(xc)
             y.backward(gy.to(dtype))
             got = {"out": y.detach(), "grad_x": xc.grad}
@@ -162,16 +173,18 @@ def run_check(device: str = "cuda", quick: bool = False, compile_cases: bool = F
                 if p.requires_grad:
                     got[f"grad_{name}"] = p.grad
             ok, (key, err, base, _) = _compare(got, ref, ref16)
+            tri = fused_gemm.launches[0] > launched
+            label_t = f"{label}+triton" if tri else label
             all_ok &= ok
             count += 1
-            summary.setdefault(label, []).append((err, base, ok))
-            log(f"{label:<16}{d:>6}{k:>6}{r:>5}{0:>5} {'compiled':<12}{key:<18}{err:>10.2e}{base:>10.2e}  "
+            summary.setdefault(label_t, []).append((err, base, ok))
+            log(f"{label_t:<16}{d:>6}{k:>6}{r:>5}{0:>5} {'compiled':<12}{key:<18}{err:>10.2e}{base:>10.2e}  "
                 f"{'yes' if ok else 'NO'}")
     log("")
-    log(f"{'method':<16}{'compared':>9}{'max fused err':>15}{'max ref err':>13}{'max fused/ref':>15}  all pass")
+    log(f"{'method':<22}{'compared':>9}{'max fused err':>15}{'max ref err':>13}{'max fused/ref':>15}  all pass")
     for label, rows in summary.items():
         ratio = max(e / max(b, 1e-12) for e, b, _ in rows)
-        log(f"{label:<16}{len(rows):>9}{max(e for e, _, _ in rows):>15.2e}{max(b for _, b, _ in rows):>13.2e}"
+        log(f"{label:<22}{len(rows):>9}{max(e for e, _, _ in rows):>15.2e}{max(b for _, b, _ in rows):>13.2e}"
             f"{ratio:>15.2f}  {'yes' if all(ok for _, _, ok in rows) else 'NO'}")
     log(f"agreement check: {count} comparisons in {time.time() - t0:.0f} s: {'ALL PASS' if all_ok else 'FAILURES'}")
     return all_ok

@@ -39,15 +39,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mora import kernels  # noqa: E402
+from mora.kernels import fused_gemm  # noqa: E402
 from mora.adapters import adapter_layers, apply_adapters  # noqa: E402
 
+TRITON_DEFAULT = fused_gemm.set_enabled(True)  # MORA_TRITON=0 switches the Triton GEMM off for every row
+fused_gemm.set_enabled(TRITON_DEFAULT)
+GATHER_DEFAULT = fused_gemm.gather_on()  # MORA_TRITON_GATHER=1: sharing's gather epilogue in every row
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 GiB = 1024**3
 
 
 @dataclass
 class Config:
-    family: str  # frozen | fft | peft | ours | plain (ours with the fused paths off)
+    family: str  # frozen | fft | peft | ours | cublas (ours, Triton GEMM off) | gather (ours, sharing's opt-in
+    # Triton gather epilogue on) | plain (ours, fused paths off)
     method: str  # display name
     r: int | None
     compiled: bool
@@ -88,6 +93,14 @@ def plan_configs(args) -> list[Config]:
     first = [o("lora", lo, True), o("mora sharing", lo, True), o("mora rotation", lo, True),
              o("dora", lo, True), o("mora sharing", hi, True)] if compile_ok else []
     out += first
+    if args.triton_off:  # the same fused paths with the Triton GEMM off (cuBLAS formulations), right after
+        for name, r, compiled in [("lora", lo, True), ("mora sharing", lo, True), ("dora", lo, True),
+                                  ("mora sharing", hi, True), ("lora", lo, False), ("mora sharing", lo, False)]:
+            if compiled and not compile_ok:
+                continue
+            out.append(Config("cublas", name, r, compiled, ours[name]))
+        for r in (lo, hi):
+            out.append(Config("gather", "mora sharing", r, True, ours["mora sharing"]))
     out += [Config("peft", "peft lora", lo, False)]
     if compile_ok:
         out += [Config("peft", "peft lora", lo, True)]
@@ -218,6 +231,9 @@ def run_config(cfg: Config, args, device, dtype) -> dict:
     h.requires_grad_(True)
     gout = torch.randn_like(h) * 1e-2
     before = dict(kernels.calls)
+    launched = fused_gemm.launches[0]
+    fused_gemm.set_enabled(TRITON_DEFAULT and cfg.family != "cublas")  # every configuration sets both
+    fused_gemm.set_gather(GATHER_DEFAULT or cfg.family == "gather")
 
     def step():
         out = stack(h, cos, sin)
@@ -254,6 +270,7 @@ def run_config(cfg: Config, args, device, dtype) -> dict:
             times.append((time.perf_counter() - t) * 1e3)
         peak = None
     fused = {k: v - before.get(k, 0) for k, v in kernels.calls.items() if v - before.get(k, 0)}
+    triton_launches = fused_gemm.launches[0] - launched
     graph_breaks = sum(counters["graph_break"].values())
     graphs = counters["stats"].get("unique_graphs", 0)
     state_bytes = sum(p.numel() * p.element_size() * 4 for p in params)  # param, grad, 2 AdamW moments
@@ -267,7 +284,7 @@ def run_config(cfg: Config, args, device, dtype) -> dict:
         "ms": statistics.median(times), "ms_min": min(times), "ms_max": max(times), "steps": len(times),
         "peak_gib": peak, "trainable": trainable, "adapter_state_gib": state_bytes / GiB,
         "first_step_s": first_s, "wall_s": time.time() - t_start, "fused_calls": fused, "profile": profile,
-        "graphs": graphs, "graph_breaks": graph_breaks,
+        "graphs": graphs, "graph_breaks": graph_breaks, "triton_launches": triton_launches,
     }
 
 
@@ -293,7 +310,7 @@ def table(results, env) -> str:
     frozen_e = _best(results, family="frozen", mode="eager")
     frozen_c = _best(results, family="frozen", mode="compiled")
     frozen = _best(results, family="frozen")
-    order = {"frozen": 0, "fft": 1, "peft": 2, "ours": 3, "plain": 4}
+    order = {"frozen": 0, "fft": 1, "peft": 2, "ours": 3, "cublas": 4, "gather": 5, "plain": 6}
     rows = sorted(results, key=lambda r: (order[r["family"]], r["r"] or 0, r["method"], r["mode"]))
     lines = [
         "| method | r | mode | ms/step | x frozen | x compiled frozen | x peft LoRA | peak GiB | mem limit GiB | "
@@ -322,6 +339,10 @@ def table(results, env) -> str:
 def label(r) -> str:
     if r["family"] == "ours":
         return f"ours {r['method']}"
+    if r["family"] == "cublas":
+        return f"ours {r['method']} (Triton GEMM off)"
+    if r["family"] == "gather":
+        return f"ours {r['method']} (Triton gather epilogue, opt-in)"
     if r["family"] == "plain":
         return f"plain-torch {r['method']} (fused paths off)"
     return r["method"]
@@ -333,7 +354,7 @@ def _ratio(r, ref) -> str:
 
 def mem_limit(r, frozen) -> float | None:
     """Frozen base's peak (same mode) + adapter and optimizer state + 10 % of the frozen peak."""
-    if r["family"] not in ("ours", "plain") or not frozen or frozen.get("peak_gib") is None:
+    if r["family"] not in ("ours", "cublas", "gather", "plain") or not frozen or frozen.get("peak_gib") is None:
         return None
     return frozen["peak_gib"] * 1.10 + r["adapter_state_gib"]
 
@@ -380,7 +401,7 @@ def targets(results, ranks) -> list[str]:
 def write_outputs(out_dir: Path, results, env, ranks, final=False) -> str:
     text = [f"# step_bench ({env['date']})", "", f"device: {env['device']}; torch {env['torch']}, transformers "
             f"{env['transformers']}, peft {env['peft']}, triton {env['triton']}", f"command: `{env['command']}`",
-            f"setup: {env['setup']}", "", table(results, env), "", "## targets (ratio to the compiled frozen base)", "",
+            f"setup: {env['setup']}", f"{env.get('triton_gemm', '')}", "", table(results, env), "", "## targets (ratio to the compiled frozen base)", "",
             *targets(results, ranks)]
     if not final:
         text.insert(2, "(partial: the run is still going)")
@@ -423,6 +444,8 @@ def parse_args(argv=None):
     p.add_argument("--ranks", default=None, help="low,high ranks (default 8,256; CPU 2,8)")
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--plain", action="store_true", help="also time our layers with the fused paths off")
+    p.add_argument("--triton-off", action="store_true",
+                   help="also time a few of ours with the Triton GEMM off, and sharing with its opt-in gather epilogue")
     p.add_argument("--profile", default=None, help="regex: profile matching configurations (profiles.txt)")
     p.add_argument("--check", action="store_true", help="run the fused-path agreement check first")
     p.add_argument("--check-compile", action="store_true", help="the check also runs a few layers compiled")
@@ -455,6 +478,10 @@ def main(argv=None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch._dynamo.config.cache_size_limit = 64
     env = environment(args, device)
+    if device == "cuda":
+        fused_gemm.usable(torch.empty(8, 8, device=device, dtype=dtype), torch.empty(8, 8, device=device, dtype=dtype))
+        env["triton_gemm"] = (f"Triton GEMM {'on' if TRITON_DEFAULT and fused_gemm.HAVE_TRITON else 'off'}, "
+                              f"config {fused_gemm.CONFIG}")
     print(f"step_bench on {env['device']}: {env['setup']}", flush=True)
     if args.check:
         sys.path.insert(0, str(ROOT / "bench"))
@@ -466,7 +493,11 @@ def main(argv=None) -> int:
             print(line, flush=True)
             lines.append(line)
 
-        ok = run_check(device, quick=args.cpu, compile_cases=args.check_compile, log=log, llama=not args.cpu)
+        try:
+            ok = run_check(device, quick=args.cpu, compile_cases=args.check_compile, log=log, llama=not args.cpu)
+        except Exception:  # a crashing check must not cost the benchmark; it is reported as a failure
+            log(traceback.format_exc())
+            ok = False
         (out_dir / "check.txt").write_text("\n".join(lines) + "\n")
         print(f"agreement check: {'ALL PASS' if ok else 'FAILURES'} ({time.time() - t0:.0f} s)", flush=True)
     configs = plan_configs(args)
@@ -507,7 +538,7 @@ def main(argv=None) -> int:
         if res.get("ms"):
             print(f"{cfg.name:<44} {res['ms']:8.2f} ms  peak {res['peak_gib'] or 0:6.2f} GiB  trainable "
                   f"{res['trainable']:>12,}  first step {res['first_step_s']:5.1f} s  fused {res['fused_calls']}  "
-                  f"graphs {res['graphs']} breaks {res['graph_breaks']}",
+                  f"graphs {res['graphs']} breaks {res['graph_breaks']} triton {res['triton_launches']}",
                   flush=True)
         else:
             print(f"{cfg.name:<44} {res['error']}", flush=True)

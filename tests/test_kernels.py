@@ -202,3 +202,84 @@ def test_step_bench_cpu_mode(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "frozen base" in proc.stdout and "mora rotation" in proc.stdout
     assert (tmp_path / "results.jsonl").is_file()
+
+
+_INTERP_SCRIPT = r"""
+import itertools, os, sys
+import torch
+from torch import nn
+import triton, triton.language as tl
+
+@triton.jit
+def _probe(x_ptr, n):
+    for i in tl.range(tl.program_id(0), n, 2):
+        tl.store(x_ptr + i, i)
+try:
+    _probe[(2,)](torch.zeros(4), 4)
+except Exception as exc:  # this Triton/numpy pair's interpreter cannot run the kernel's loop
+    print("INTERPRETER-UNSUPPORTED", exc)
+    sys.exit(0)
+
+from mora import kernels
+from mora.adapters import make_adapter
+from mora.kernels import fast_path, fused_gemm as fg
+fg.usable = lambda x2, w: True  # the interpreter runs on the CPU
+fg.set_gather(True)
+METHODS = [("lora", {}), ("lora", {"rslora": True}), ("asylora", {"freeze_A": True}), ("dora", {}),
+           ("mora", {"kind": "sharing"}), ("mora", {"mora_type": 2}), ("mora", {"mora_type": 3}),
+           ("mora", {"mora_type": 4})]
+worst, ran = 0.0, 0
+for (method, opts), (d, k), r, bias in itertools.product(
+        METHODS, [(16, 16), (24, 40), (40, 24), (48, 128), (8, 96)], [1, 3, 8], (False, True)):
+    torch.manual_seed(0)
+    try:
+        layer = make_adapter(nn.Linear(k, d, bias=bias), method, r, **opts)
+    except ValueError:
+        continue
+    with torch.no_grad():
+        for name, p in layer.adapter_parameters():
+            (p.uniform_(0.5, 2.0) if name == "dora_magnitude" else p.normal_(0, 0.3))
+    x, gy = torch.randn(3, 5, k), torch.randn(3, 5, d)
+    res = []
+    for mode in ("off", "always"):
+        layer.zero_grad(set_to_none=True)
+        xx = x.clone().requires_grad_(True)
+        before = fg.launches[0]
+        with fast_path(mode):
+            y = layer(xx)
+        y.backward(gy)
+        if mode == "always":
+            assert fg.launches[0] - before == 2, (method, opts, fg.launches[0] - before)
+        res.append([y.detach(), xx.grad] + [p.grad for _, p in layer.adapter_parameters() if p.requires_grad])
+    for a, b in zip(res[1], res[0]):
+        err = ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+        assert err < 1e-5, (method, opts, d, k, r, bias, err)
+        worst = max(worst, err)
+    ran += 1
+print("OK", ran, worst)
+"""
+
+
+def test_triton_gemm_in_interpreter():
+    """The Triton GEMM (fused_gemm.py) through every Function that uses it, run by Triton's CPU interpreter
+    against the reference path (fp32). Skipped where Triton is not installed (CPU-only torch)."""
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton not installed")
+    env = dict(os.environ, TRITON_INTERPRET="1", MORA_TRITON_CFG="32,32,16,2,4,2,1,0",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", _INTERP_SCRIPT], capture_output=True, text=True, timeout=600,
+                          env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    if "INTERPRETER-UNSUPPORTED" in proc.stdout:
+        pytest.skip(proc.stdout.strip()[:200])
+    assert proc.stdout.strip().startswith("OK"), proc.stdout[-2000:]
+
+
+def test_triton_gemm_never_on_cpu():
+    """Without a CUDA device of compute capability >= 9 the Triton GEMM is never chosen."""
+    from mora.kernels import fused_gemm
+
+    x = torch.randn(4, 16)
+    assert not fused_gemm.usable(x, torch.randn(16, 16))

@@ -20,7 +20,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import fused_gemm
 from .common import acc_dtype, finish, finish_grad, functional, with_base
+from .fused_gemm import fused_mm
 
 
 class LoRAFunction(torch.autograd.Function):
@@ -54,11 +56,49 @@ def _lora_backward(gy, x2, weight, A, B, u, scaling, need_x, need_A, need_B, fun
     return gx, gA, gB
 
 
+class LoRAFusedFunction(torch.autograd.Function):
+    """LoRA with the low-rank term in the frozen GEMM's epilogue (Triton, fused_gemm.py), forward and
+    dL/dx alike: y = x W0^T + u (sB)^T + b and gx = gy W0 + gu A, each one kernel writing its output once.
+    Eager and traced (the kernel is then an opaque custom op) run the same code."""
+
+    @staticmethod
+    def forward(ctx, x2, weight, bias, A, B, scaling, flags):
+        need_x, need_A, need_B = flags
+        u = x2 @ A.t()
+        y = fused_mm(x2, weight, False, u=u, v=(B * scaling).t(), bias=bias)
+        ctx.scaling, ctx.flags = scaling, flags
+        ctx.save_for_backward(x2 if need_A else None, weight, A, B, u if need_B else None)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x2, weight, A, B, u = ctx.saved_tensors
+        need_x, need_A, need_B = ctx.flags
+        gx, gA, gB = _lora_fused_backward(gy, x2, weight, A, B, u, ctx.scaling, need_x, need_A, need_B)
+        return gx, None, None, gA, gB, None, None
+
+
+def _lora_fused_backward(gy, x2, weight, A, B, u, scaling, need_x, need_A, need_B):
+    gx = gA = gB = None
+    if need_x or need_A:
+        gu = (gy @ B) * scaling
+        if need_A:
+            gA = gu.t() @ x2
+        if need_x:
+            gx = fused_mm(gy, weight, True, u=gu, v=A)
+    if need_B:
+        gB = (gy.t() @ u) * scaling
+    return gx, gA, gB
+
+
 def lora_forward(layer, x: torch.Tensor) -> torch.Tensor:
     base = layer.base
     x2 = x.reshape(-1, layer.in_features)
     A, B = layer.lora_A, layer.lora_B
     flags = (x.requires_grad, A.requires_grad, B.requires_grad)
+    if fused_gemm.usable(x2, base.weight):
+        y = LoRAFusedFunction.apply(x2, base.weight, base.bias, A, B, float(layer.scaling), flags)
+        return y.view(*x.shape[:-1], layer.out_features)
     y = LoRAFunction.apply(x2, base.weight, base.bias, A, B, float(layer.scaling), flags)
     return with_base(y, x, base)
 
@@ -125,12 +165,45 @@ class DoRAFunction(torch.autograd.Function):
         return gx, None, None, gA, gB, gm, None, None, None
 
 
+class DoRAFusedFunction(torch.autograd.Function):
+    """DoRA with the low-rank term and the column scale g = m / norm in the frozen GEMM's epilogue
+    (y = g * (x W0^T + u (sB)^T), one kernel), and dL/dx = (g gy) W0 + gu A in one kernel too."""
+
+    @staticmethod
+    def forward(ctx, x2, weight, bias, A, B, m, norm, scaling, flags):
+        need_x, need_A, need_B, need_m = flags
+        g = m.to(norm.dtype) / norm
+        u = x2 @ A.t()
+        y = fused_mm(x2, weight, False, u=u, v=(B * scaling).t(), col_scale=g)
+        ctx.scaling = scaling
+        ctx.flags = flags
+        ctx.save_for_backward(
+            x2 if need_A else None, weight, A, B, u if need_B else None, g, m, y if need_m else None
+        )
+        return y if bias is None else y + bias
+
+    @staticmethod
+    def backward(ctx, gy):
+        x2, weight, A, B, u, g, m, y = ctx.saved_tensors
+        need_x, need_A, need_B, need_m = ctx.flags
+        gm = None
+        if need_m:
+            gm = ((gy * y).sum(0, dtype=acc_dtype(gy)) / m.to(acc_dtype(gy))).to(m.dtype)
+        gyg = gy * g.to(gy.dtype)
+        gx, gA, gB = _lora_fused_backward(gyg, x2, weight, A, B, u, ctx.scaling, need_x, need_A, need_B)
+        return gx, None, None, gA, gB, gm, None, None, None
+
+
 def dora_forward(layer, x: torch.Tensor) -> torch.Tensor:
     base = layer.base
     x2 = x.reshape(-1, layer.in_features)
     A, B, m = layer.lora_A, layer.lora_B, layer.dora_magnitude
     norm = dora_row_norm(layer)
     scaling = float(layer.scaling)
+    if fused_gemm.usable(x2, base.weight):
+        flags = (x.requires_grad, A.requires_grad, B.requires_grad, m.requires_grad)
+        y = DoRAFusedFunction.apply(x2, base.weight, base.bias, A, B, m, norm, scaling, flags)
+        return y.view(*x.shape[:-1], layer.out_features)
     if functional():
         flags = (x.requires_grad, A.requires_grad, B.requires_grad)
         delta = LoRAFunction.apply(x2, base.weight, None, A, B, scaling, flags)

@@ -23,7 +23,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import fused_gemm
 from .common import acc_dtype, finish, finish_grad, functional, pad_cols, pad_square, pad_to, with_base
+from .fused_gemm import fused_mm
 
 # -- column maps shared by sharing and the block kinds --------------------------------------------
 
@@ -161,6 +163,73 @@ class SharingFunction(torch.autograd.Function):
             gz = (gw @ pad_square(M, width))[:, :r_hat]
             gx = finish_grad(_compress_t(gz, weight.shape[1], pad, cmode), gy, weight, ctx.functional)
         return gx, None, None, gM, None, None
+
+
+def group_index(c: torch.Tensor, n: int, groups: int) -> torch.Tensor:
+    """Group of column c (of n) in group_sum / group_repeat's layout: the first n % groups runs one longer."""
+    q, m = divmod(n, groups)
+    cut = m * (q + 1)
+    return torch.where(c < cut, c // (q + 1), m + (c - cut) // max(q, 1))
+
+
+def sharing_indices(geo, d: int, k: int, device) -> tuple:
+    """int32 column maps for the fused GEMM's gather epilogue: i_dec (d,) with y[:, n] += w[:, i_dec[n]]
+    (decompression), and i1, i2 (k,) with dL/dx[:, c] += gz[:, i1[c]] (+ gz[:, i2[c]] where i2[c] >= 0),
+    the adjoint of the compression (i2: the wrap-padded first `pad` columns of the modulo grouping)."""
+    r_hat, pad, cmode, dmode, width = geo
+    n = torch.arange(d, device=device)
+    i_dec = group_index(n, d, r_hat) if dmode == "contiguous" else n % r_hat
+    c = torch.arange(k, device=device)
+    i2 = None
+    if cmode == "contiguous":
+        i1 = group_index(c, k, r_hat)
+    else:
+        i1 = c % r_hat
+        if pad:
+            i2 = torch.where(c < pad, c + (r_hat - pad), -1).to(torch.int32)
+    return i_dec.to(torch.int32), i1.to(torch.int32), i2
+
+
+def _sharing_indices_cached(layer, geo, device):
+    if functional():
+        return sharing_indices(geo, layer.out_features, layer.in_features, device)
+    key = (geo, layer.out_features, layer.in_features, device)
+    cached = layer.__dict__.get("_fast_sharing_idx")
+    if cached is None or cached[0] != key:
+        cached = (key, sharing_indices(geo, layer.out_features, layer.in_features, device))
+        layer.__dict__["_fast_sharing_idx"] = cached
+    return cached[1]
+
+
+class SharingFusedFunction(torch.autograd.Function):
+    """Sharing with the decompression in the frozen GEMM's epilogue (Triton, fused_gemm.py): y = x W0^T +
+    b + w[:, i_dec] with w = M f_comp(x) (M x r̂), and dL/dx = gy W0 + f_comp^T(gz) the same way.
+    Opt-in (MORA_TRITON_GATHER=1): measured slower than SharingFunction on the H200 (bench/RESULTS.md)."""
+
+    @staticmethod
+    def forward(ctx, x2, weight, bias, M, geo, flags, i_dec, i1, i2):
+        r_hat, pad, cmode, dmode, width = geo
+        need_x, need_M = flags
+        z = pad_cols(_compress(x2, r_hat, pad, cmode).to(x2.dtype), width)
+        w = (z @ pad_square(M, width).t())[:, :r_hat]
+        y = fused_mm(x2, weight, False, g=w, i1=i_dec, bias=bias)
+        ctx.geo, ctx.flags = geo, flags
+        ctx.save_for_backward(z if need_M else None, weight, M, i1, i2)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        z, weight, M, i1, i2 = ctx.saved_tensors
+        r_hat, pad, cmode, dmode, width = ctx.geo
+        need_x, need_M = ctx.flags
+        gw = pad_cols(_decompress_t(gy, r_hat, dmode).to(gy.dtype), width)
+        gM = gx = None
+        if need_M:
+            gM = (gw.t() @ z)[:r_hat, :r_hat].contiguous()
+        if need_x:
+            gz = (gw @ pad_square(M, width))[:, :r_hat]
+            gx = fused_mm(gy, weight, True, g=gz, i1=i1, i2=i2)
+        return gx, None, None, gM, None, None, None, None, None
 
 
 # -- rotation / decouple (Eqs. 8 and 9) -------------------------------------------------------------
@@ -458,6 +527,12 @@ def mora_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
     if kind == "sharing":
         cmode, dmode = SHARING_GROUPINGS[layer.sharing_type]
         geo = (layer.r_hat, layer.pad if cmode == "modulo" else 0, cmode, dmode, pad_to(layer.r_hat))
+        if fused_gemm.gather_on() and fused_gemm.usable(x2, base.weight):  # opt-in, see fused_gemm.py
+            i_dec, i1, i2 = _sharing_indices_cached(layer, geo, x.device)
+            y = SharingFusedFunction.apply(
+                x2, base.weight, base.bias, M, geo, (x.requires_grad, M.requires_grad), i_dec, i1, i2
+            )
+            return y.view(*x.shape[:-1], layer.out_features)
         y = SharingFunction.apply(x2, base.weight, base.bias, M, geo, (x.requires_grad, M.requires_grad))
     elif kind in ("rotation", "decouple"):
         plan = block_plan(layer)
