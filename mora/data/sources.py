@@ -166,6 +166,15 @@ def _parse_json(text: str, where: str) -> Any:
         raise ValueError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
 
 
+def _fixture_hint(source: str) -> str:
+    """The *_mini experiments read fixtures that must be written once; say how when one is missing."""
+    from .fixtures import FILE_NAMES
+
+    if Path(source).name not in FILE_NAMES.values():
+        return ""
+    return f" (an offline fixture: write them with `make fixtures` or `python -m mora.data.fixtures {Path(source).parent}`)"
+
+
 def _local_files(source: str) -> list[Path]:
     pattern = os.path.expanduser(source)
     if os.path.isdir(pattern):
@@ -176,6 +185,7 @@ def _local_files(source: str) -> list[Path]:
         raise ValueError(
             f"data source {source!r} matches no local file (relative paths start at {os.getcwd()}); "
             f"give an existing {'/'.join(LOCAL_SUFFIXES)} file, a directory or a glob, or a hub id like owner/name"
+            + _fixture_hint(source)
         )
     unknown = [p for p in found if p.suffix not in LOCAL_SUFFIXES]
     if unknown:
