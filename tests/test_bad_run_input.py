@@ -19,7 +19,7 @@ METAMATH = ["experiment=metamath_gsm8k_mini", "logger=none", "train.progress_bar
             "train.micro_batch_size=8", "train.epochs=null", "train.max_steps=2"]
 
 
-def fails_before_training(tmp_path: Path, overrides: list[str], error: type[Exception], fix: str):
+def assert_fails_before_training(tmp_path: Path, overrides: list[str], error: type[Exception], fix: str):
     """Compose and train `overrides`; expect `error` matching `fix` and an untouched results store."""
     from mora.train import train
 
@@ -61,11 +61,11 @@ ROWS = {
 @pytest.mark.parametrize("row", list(ROWS))
 def test_bad_run_config(tmp_path, row):
     overrides, error, fix = ROWS[row]
-    fails_before_training(tmp_path, [*TINY_RUN, *overrides], error, fix)
+    assert_fails_before_training(tmp_path, [*TINY_RUN, *overrides], error, fix)
 
 
 def test_unknown_experiment(tmp_path):
-    fails_before_training(tmp_path, ["experiment=uuid_nano"], MissingConfigException,
+    assert_fails_before_training(tmp_path, ["experiment=uuid_nano"], MissingConfigException,
                           r"Could not find 'experiment/uuid_nano'.*Available options in 'experiment':.*uuid_mini")
 
 
@@ -74,7 +74,7 @@ def test_unknown_experiment(tmp_path):
 
 def test_dataset_file_missing(tmp_path):
     missing = tmp_path / "metamath.json"
-    fails_before_training(tmp_path, [*METAMATH, f"data.builder.source={missing}"], ValueError,
+    assert_fails_before_training(tmp_path, [*METAMATH, f"data.builder.source={missing}"], ValueError,
                           rf"data source '{missing}' matches no local file.*give an existing .jsonl/.json/.parquet/.txt file")
 
 
@@ -83,7 +83,7 @@ def test_dataset_file_missing(tmp_path):
 def test_dataset_file_empty(tmp_path, name, content):
     path = tmp_path / name
     path.write_text(content)
-    fails_before_training(tmp_path, [*METAMATH, f"data.builder.source={path}"], ValueError,
+    assert_fails_before_training(tmp_path, [*METAMATH, f"data.builder.source={path}"], ValueError,
                           rf"data source '{path}' holds no rows.*point data.builder.source at a file with rows like "
                           r"\{query: str, response: str\}")
 
@@ -91,7 +91,7 @@ def test_dataset_file_empty(tmp_path, name, content):
 def test_dataset_file_with_the_wrong_schema(tmp_path):
     path = tmp_path / "gsm8k.jsonl"  # GSM8K's own schema, not MetaMathQA's
     path.write_text(json.dumps({"question": "1 + 1?", "answer": "2"}) + "\n")
-    fails_before_training(tmp_path, [*METAMATH, f"data.builder.source={path}"], ValueError,
+    assert_fails_before_training(tmp_path, [*METAMATH, f"data.builder.source={path}"], ValueError,
                           r"gsm8k.jsonl line 1: field 'query' is missing \(fields present: \['answer', 'question'\]\); "
                           r"this builder expects rows like \{query: str, response: str\}: convert the data")
 
@@ -117,7 +117,7 @@ def test_data_cache_built_with_another_tokenizer(tmp_path, built_cache):
     meta = json.loads((entry / "meta.json").read_text())
     meta["keys"]["tokenizer"]["sha256"] = "0" * 64  # an entry copied in from a run with another tokenizer
     (entry / "meta.json").write_text(json.dumps(meta))
-    fails_before_training(tmp_path, [*METAMATH, f"data.builder.source={source}"], ValueError,
+    assert_fails_before_training(tmp_path, [*METAMATH, f"data.builder.source={source}"], ValueError,
                           rf"data cache {entry} was built with different tokenizer than this run.*refusing to train on "
                           rf"it: delete {entry} or point paths.cache_dir elsewhere")
 
@@ -126,5 +126,5 @@ def test_data_cache_damaged(tmp_path, built_cache):
     source, entry = built_cache
     tokens = entry / "train.tokens.bin"
     tokens.write_bytes(tokens.read_bytes()[:-4])  # cut short, e.g. a disk that filled up
-    fails_before_training(tmp_path, [*METAMATH, f"data.builder.source={source}"], ValueError,
+    assert_fails_before_training(tmp_path, [*METAMATH, f"data.builder.source={source}"], ValueError,
                           rf"data cache {entry} is damaged \(train.tokens.bin\); delete the directory to rebuild it")
