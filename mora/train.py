@@ -36,6 +36,7 @@ from .training.distributed import (
     init_deepspeed_state,
     is_main_process,
     keeping_optimizer,
+    shutdown,
     strip_launcher_args,
     world_size,
 )
@@ -298,7 +299,10 @@ def main() -> None:
     """`python -m mora.train` / `mora-train`, alone or under torchrun / the deepspeed launcher: the
     launcher's own `--local_rank=N` is taken off the command line so only Hydra overrides reach Hydra."""
     sys.argv = strip_launcher_args(sys.argv)
-    hydra_main()
+    try:
+        hydra_main()
+    finally:
+        shutdown()
 
 
 if __name__ == "__main__":

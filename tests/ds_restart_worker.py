@@ -136,12 +136,15 @@ def check_stage(stage: int, offload: bool = False) -> None:
 
 def main() -> None:
     import deepspeed
+    import torch.distributed as dist
 
     torch.set_num_threads(1)
     deepspeed.init_distributed(dist_backend="gloo")
     check_stage(2)
     check_stage(2, offload=True)
     check_stage(3)
+    dist.barrier()
+    dist.destroy_process_group()  # before interpreter teardown, which can abort on live gloo threads
 
 
 if __name__ == "__main__":

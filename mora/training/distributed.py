@@ -59,6 +59,16 @@ def barrier() -> None:
         dist.barrier()
 
 
+def shutdown() -> None:
+    """Take the process group down before the interpreter exits. Left to interpreter teardown, the
+    gloo / store threads can be destroyed while still joinable, and a run that finished cleanly then
+    dies with SIGABRT ("terminate called without an active exception"), failing its whole launch."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def ensure_single_process_env() -> None:
     """DeepSpeed without a launcher tries MPI and crashes: describe a world of one process instead."""
     if "RANK" in os.environ:
