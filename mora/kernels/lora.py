@@ -156,13 +156,19 @@ class DoRAFunction(torch.autograd.Function):
     def backward(ctx, gy):
         x2, weight, A, B, u, g, m, y = ctx.saved_tensors
         need_x, need_A, need_B, need_m = ctx.flags
-        gm = None
-        if need_m:
-            # d y / d m = pre-scale output / norm = y / m.
-            gm = ((gy * y).sum(0, dtype=acc_dtype(gy)) / m.to(acc_dtype(gy))).to(m.dtype)
-        gyg = gy * g.to(gy.dtype)
+        gm, gyg = _dora_scale_grads(gy, y, g, m, need_m)
         gx, gA, gB = _lora_backward(gyg, x2, weight, A, B, u, ctx.scaling, need_x, need_A, need_B, False)
         return gx, None, None, gA, gB, gm, None, None, None
+
+
+def _dora_scale_grads(gy, y, g, m, need_m):
+    """dL/dm, and the output gradient through the column scale g = m / norm (what the LoRA backward
+    then takes): shared by DoRA's cuBLAS and Triton formulations."""
+    gm = None
+    if need_m:
+        # d y / d m = pre-scale output / norm = y / m.
+        gm = ((gy * y).sum(0, dtype=acc_dtype(gy)) / m.to(acc_dtype(gy))).to(m.dtype)
+    return gm, gy * g.to(gy.dtype)
 
 
 class DoRAFusedFunction(torch.autograd.Function):
@@ -186,10 +192,7 @@ class DoRAFusedFunction(torch.autograd.Function):
     def backward(ctx, gy):
         x2, weight, A, B, u, g, m, y = ctx.saved_tensors
         need_x, need_A, need_B, need_m = ctx.flags
-        gm = None
-        if need_m:
-            gm = ((gy * y).sum(0, dtype=acc_dtype(gy)) / m.to(acc_dtype(gy))).to(m.dtype)
-        gyg = gy * g.to(gy.dtype)
+        gm, gyg = _dora_scale_grads(gy, y, g, m, need_m)
         gx, gA, gB = _lora_fused_backward(gyg, x2, weight, A, B, u, ctx.scaling, need_x, need_A, need_B)
         return gx, None, None, gA, gB, gm, None, None, None
 

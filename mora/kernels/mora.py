@@ -153,16 +153,22 @@ class SharingFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         z, weight, M = ctx.saved_tensors
-        r_hat, pad, cmode, dmode, width = ctx.geo
-        need_x, need_M = ctx.flags
-        gw = pad_cols(_decompress_t(gy, r_hat, dmode).to(gy.dtype), width)
-        gM = gx = None
-        if need_M:
-            gM = (gw.t() @ z)[:r_hat, :r_hat].contiguous()
-        if need_x:
-            gz = (gw @ pad_square(M, width))[:, :r_hat]
+        _, pad, cmode, _, _ = ctx.geo
+        gM, gz = _sharing_adapter_grads(gy, z, M, ctx.geo, *ctx.flags)
+        gx = None
+        if gz is not None:
             gx = finish_grad(_compress_t(gz, weight.shape[1], pad, cmode), gy, weight, ctx.functional)
         return gx, None, None, gM, None, None
+
+
+def _sharing_adapter_grads(gy, z, M, geo, need_x, need_M):
+    """dL/dM, and dL/dz (the gradient at the compressed input, before f_comp's adjoint): shared by the
+    cuBLAS and the Triton formulations, which differ only in how dL/dx is assembled from dL/dz."""
+    r_hat, pad, cmode, dmode, width = geo
+    gw = pad_cols(_decompress_t(gy, r_hat, dmode).to(gy.dtype), width)
+    gM = (gw.t() @ z)[:r_hat, :r_hat].contiguous() if need_M else None
+    gz = (gw @ pad_square(M, width))[:, :r_hat] if need_x else None
+    return gM, gz
 
 
 def group_index(c: torch.Tensor, n: int, groups: int) -> torch.Tensor:
@@ -220,15 +226,8 @@ class SharingFusedFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         z, weight, M, i1, i2 = ctx.saved_tensors
-        r_hat, pad, cmode, dmode, width = ctx.geo
-        need_x, need_M = ctx.flags
-        gw = pad_cols(_decompress_t(gy, r_hat, dmode).to(gy.dtype), width)
-        gM = gx = None
-        if need_M:
-            gM = (gw.t() @ z)[:r_hat, :r_hat].contiguous()
-        if need_x:
-            gz = (gw @ pad_square(M, width))[:, :r_hat]
-            gx = fused_mm(gy, weight, True, g=gz, i1=i1, i2=i2)
+        gM, gz = _sharing_adapter_grads(gy, z, M, ctx.geo, *ctx.flags)
+        gx = None if gz is None else fused_mm(gy, weight, True, g=gz, i1=i1, i2=i2)
         return gx, None, None, gM, None, None, None, None, None
 
 
