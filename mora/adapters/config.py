@@ -58,7 +58,6 @@ class AdapterConfig:
     target_modules: tuple[str, ...] = DEFAULT_TARGETS
     trainable_modules: tuple[str, ...] = ()
     dropout: float = 0.0
-    fp32: bool = False
 
     method: ClassVar[str] = "?"
     # The nn.Module class that wraps a targeted nn.Linear; None means "train the base in place".
