@@ -6,6 +6,8 @@ pretrained ones can check that they agree with it.
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import importlib.util
 import string
 from pathlib import Path
@@ -41,6 +43,45 @@ def char_tokenizer(alphabet: str | None = None):
     )
 
 
+def local_bpe_tokenizer(files: str | list[str], vocab_size: int, cache_dir: str = ".cache/mora"):
+    """A byte-level BPE tokenizer of exactly `vocab_size` tokens trained here on local text, for the
+    paper's architectures where the hub tokenizer can't be had (LLaMA-2's 32000, T5's 32100): same
+    embedding and head sizes, hence the same cost and shapes, with real subword statistics. Trained
+    once per (files' content, size) and cached under `cache_dir/tokenizers/`; any text encodes (bytes
+    are the base alphabet). Vocabulary the corpus can't fill is padded with `<extra_id_N>` tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    paths = sorted({p for pattern in ([files] if isinstance(files, str) else files) for p in glob.glob(pattern)})
+    if not paths:
+        raise ValueError(f"local_bpe_tokenizer: no file matches {files!r}; point model.tokenizer.files at text files")
+    key = hashlib.sha256(f"bpe-v1 {vocab_size}".encode())
+    for path in paths:
+        key.update(hashlib.sha256(Path(path).read_bytes()).digest())
+    cached = Path(cache_dir) / "tokenizers" / key.hexdigest()[:16] / "tokenizer.json"
+    if cached.is_file():
+        core = Tokenizer.from_file(str(cached))
+    else:
+        core = Tokenizer(models.BPE())
+        core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        core.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=list(SPECIAL_TOKENS),
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        core.train(paths, trainer)
+        missing = vocab_size - core.get_vocab_size()
+        if missing > 0:
+            core.add_special_tokens([f"<extra_id_{i}>" for i in range(missing)])
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        core.save(str(cached))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
 def hub_tokenizer(name_or_path: str, gguf_file: str | None = None, **kwargs):
     """A tokenizer by hub id or local directory (or from a GGUF file, e.g. SmolLM2's)."""
     from transformers import AutoTokenizer
@@ -61,8 +102,11 @@ def llama_from_config(
     dtype: str = "float32",
     tie_embeddings: bool = False,
     initializer_range: float = 0.02,
+    device: str = "cpu",
 ):
-    """A randomly initialised LLaMA (RMSNorm, SwiGLU, RoPE) sized by the arguments; seed first."""
+    """A randomly initialised LLaMA (RMSNorm, SwiGLU, RoPE) sized by the arguments; seed first.
+    `device: auto` initialises on the GPU when there is one (a 7B model in seconds rather than minutes
+    on the CPU); the random weights then differ from a CPU build, so tiny models stay on `cpu`."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -79,7 +123,12 @@ def llama_from_config(
         tie_word_embeddings=tie_embeddings,
         initializer_range=initializer_range,
     )
-    return LlamaForCausalLM(config).to(torch_dtype(dtype))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return LlamaForCausalLM(config).to(torch_dtype(dtype))
+    with torch.device(device):
+        return LlamaForCausalLM._from_config(config, dtype=torch_dtype(dtype))
 
 
 def pretrained(tokenizer, name_or_path: str, dtype: str = "bfloat16", gguf_file: str | None = None, **kwargs):

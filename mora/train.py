@@ -176,6 +176,8 @@ def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, Any]:
     train_rows = task.train_dataset()
     set_max_steps(cfg.train, train_rows)
     restarts = method_cfg.restart_options()
+    if ds_config is None and torch.cuda.is_available():  # where the Trainer would put it; lets AdamW fuse
+        model.to(torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))))
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(
         optimizer, cfg.train, restarts.merge_every if restarts else 0, restarts.rewarm_steps if restarts else 0
@@ -276,7 +278,7 @@ def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, Any]:
         log.info("adapter paths: %s", kernels.path_counts() or "no adapter layers")
         if ds_config is not None:
             gather_full_model(model, dtypes)  # every process takes part; rank 0 ends with the full model
-        if main_process:
+        if main_process and cfg.train.save_model:
             if method_cfg.layer_class is not None:
                 save_adapter(model, run.path / "adapter")
             merged = merge_and_unload(model)
