@@ -24,7 +24,9 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .builders import build, check_targets
 from .runs import CONFIG_NAME, STATUS_COMPLETED, RunDir, read_json, write_json_atomic
+from .safe_load import weights_only
 
 log = logging.getLogger("mora")
 LM_EVAL_DIR = "lm_eval"
@@ -53,7 +55,10 @@ def load_model(run_path: Path, run_config: dict, which: str = "merged", dtype: s
         if not (merged / "config.json").is_file():
             raise ValueError(f"{merged} holds no saved model; the run did not finish (see {run_path / 'metrics.json'})")
         kwargs = {"dtype": dtype} if dtype else {}
-        return AutoModelForCausalLM.from_pretrained(merged, **kwargs), AutoTokenizer.from_pretrained(merged)
+        with weights_only():  # a stored model is data: safetensors or weights-only pickles, no code of its own
+            model = AutoModelForCausalLM.from_pretrained(merged, trust_remote_code=False, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(merged, trust_remote_code=False)
+        return model, tokenizer
     if which != "adapter":
         raise ValueError(f"benchmark.model must be merged or adapter, got {which!r}")
     from .adapters import load_adapter
@@ -61,24 +66,25 @@ def load_model(run_path: Path, run_config: dict, which: str = "merged", dtype: s
     if not (run_path / "adapter").is_dir():
         method = run_config.get("method", {}).get("method")
         raise ValueError(f"{run_path} has no adapter/ (method {method} trains the whole model): use benchmark.model=merged")
-    model, tokenizer = rebuild_base(run_config)
+    model, tokenizer = rebuild_base(run_config, f"run {run_path}")
     load_adapter(model, run_path / "adapter")
     return model, tokenizer
 
 
-def rebuild_base(run_config: dict):
+def rebuild_base(run_config: dict, origin: str = "the run's config"):
     """(model, tokenizer) before training, built as train.py builds them: seed, tokenizer, data task,
-    evaluator, network, in that order, so a random initialisation comes out the same."""
-    from hydra.utils import instantiate
+    evaluator, network, in that order, so a random initialisation comes out the same. The whole config
+    is checked first: a foreign target anywhere stops it before any builder runs."""
     from transformers import set_seed
 
+    check_targets(run_config, origin)
     cfg = OmegaConf.create(run_config)
     set_seed(cfg.seed)
-    tokenizer = instantiate(cfg.model.tokenizer)
-    instantiate(cfg.data.builder, tokenizer=tokenizer)
+    tokenizer = build(cfg, "model.tokenizer", origin)
+    build(cfg, "data.builder", origin, tokenizer=tokenizer)
     if cfg.eval.get("metric"):
-        instantiate(cfg.eval.metric)
-    return instantiate(cfg.model.network, tokenizer=tokenizer), tokenizer
+        build(cfg, "eval.metric", origin)
+    return build(cfg, "model.network", origin, tokenizer=tokenizer), tokenizer
 
 
 def initial_weights(run_path: Path, run_config: dict) -> dict[str, torch.Tensor]:
@@ -91,7 +97,7 @@ def initial_weights(run_path: Path, run_config: dict) -> dict[str, torch.Tensor]
     if snapshot.is_file():
         return load_snapshot(snapshot)
     log.warning("%s has no %s: rebuilding the initial weights from the config and seed", run_path, SNAPSHOT_NAME)
-    model, _ = rebuild_base(run_config)
+    model, _ = rebuild_base(run_config, f"run {run_path}")
     return {name: w.detach().to("cpu") for name, w in projection_weights(model).items()}
 
 
@@ -126,6 +132,7 @@ def evaluate_run(
     if metrics.get("status") != STATUS_COMPLETED:
         raise ValueError(f"run {run_path} is {metrics.get('status')!r}, not completed; finish training it first")
     run_config = run_config if run_config is not None else read_json(run_path / CONFIG_NAME)
+    check_targets(run_config, f"run {run_path}")  # the store is data: a foreign builder anywhere stops here
     suites = {name: Suite.from_dict(name, spec) for name, spec in (bench.get("suites") or {}).items()}
     force = bool(bench.get("force"))
     done = metrics.setdefault("benchmarks", {})
@@ -184,13 +191,11 @@ def evaluate_run(
         save()
 
     if need_ppl:
-        from hydra.utils import instantiate
-
         from .evaluation.perplexity import Perplexity
 
         options = bench["perplexity"] if isinstance(bench["perplexity"], dict) else {}
-        cfg = OmegaConf.create(run_config)
-        task = instantiate(cfg.data.builder, tokenizer=instantiate(cfg.model.tokenizer))
+        origin = f"run {run_path}"
+        task = build(run_config, "data.builder", origin, tokenizer=build(run_config, "model.tokenizer", origin))
         values = Perplexity(**options)(model, tokenizer, task)
         scores.update(values)
         new_scores.update(values)

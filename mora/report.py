@@ -60,6 +60,7 @@ from typing import Any
 
 import yaml
 
+from .builders import check_overrides, check_targets
 from .runs import STATUS_COMPLETED, read_json, run_id
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -304,7 +305,8 @@ class Composer:
     """Hydra compose, fast enough for a 13 x 4 x grid table: configs are composed once per set of
     config-group choices (experiment=, method=, ...), and plain value overrides (train.lr=, seed=,
     method.r=) are applied to a copy the way Hydra applies them, so the run id is the one `mora.train`
-    computes for the same overrides."""
+    computes for the same overrides. Overrides are values only: one that names a foreign builder (or
+    touches hydra.*) is refused, and so is a composed config that would build anything unregistered."""
 
     def __init__(self, conf_dir: Path = CONF_DIR):
         self.conf_dir = conf_dir
@@ -315,11 +317,9 @@ class Composer:
 
     def __enter__(self):
         from hydra import initialize_config_dir
-        from hydra.core.override_parser.overrides_parser import OverridesParser
 
         self._ctx = initialize_config_dir(config_dir=str(self.conf_dir), version_base="1.3")
         self._ctx.__enter__()
-        self.parser = OverridesParser.create()
         return self
 
     def __exit__(self, *exc):
@@ -341,8 +341,8 @@ class Composer:
         from omegaconf import OmegaConf
         from omegaconf.errors import OmegaConfBaseException
 
+        parsed = check_overrides(overrides, where)
         try:
-            parsed = [self.parser.parse_override(o) for o in overrides]
             values = [o for o in parsed if self._is_value(o) or (o.type.name == "CHANGE" and o.key_or_group not in self.groups
                                                                  and "/" not in o.key_or_group and o.package is None)]
             structural = tuple(o.input_line for o in parsed if o not in values)
@@ -357,6 +357,7 @@ class Composer:
             container = OmegaConf.to_container(cfg, resolve=True)
         except Exception as exc:
             raise ValueError(f"{where}: overrides {list(overrides)} do not compose: {type(exc).__name__}: {exc}") from None
+        check_targets(container, where)
         self.cache[key] = (str(container["experiment_name"]), run_id(container))
         return self.cache[key]
 

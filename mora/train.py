@@ -20,16 +20,16 @@ from typing import Any
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from . import kernels
 from .adapters import AdapterConfig, apply_adapters, config_from_dict, merge_and_unload, save_adapter
+from .builders import build, check_targets
 from .evaluate import evaluate_run, wants_evaluation
 from .evaluation.spectrum import SNAPSHOT_NAME, save_snapshot
-from .runs import STATUS_COMPLETED, STATUS_FAILED, RunDir
+from .runs import CONFIG_NAME, STATUS_COMPLETED, STATUS_FAILED, RunDir, read_json
+from .safe_load import check_checkpoint, weights_only
 from .training.callbacks import RestartCallback, RunRecorder, discard_torn_checkpoints, last_complete_checkpoint
 from .training.distributed import (
     check_deepspeed_config,
@@ -112,18 +112,6 @@ def evaluate_after_training(cfg: DictConfig) -> bool:
     return bool(bench) and bool(bench.get("after_training")) and wants_evaluation(bench)
 
 
-def build(node: DictConfig, **kwargs: Any) -> Any:
-    """`instantiate`, except that a builder's own ValueError (a missing data file, an unknown option)
-    comes out as itself rather than wrapped in Hydra's InstantiationException, so the CLI reports it
-    as the one-line error it is (exit status 2)."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as exc:
-        if isinstance(exc.__cause__, ValueError):
-            raise exc.__cause__ from None
-        raise
-
-
 def _attach_log_file(path: Path) -> logging.Handler:
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -152,6 +140,8 @@ def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, Any]:
     container = OmegaConf.to_container(cfg, resolve=True)
     method_cfg: AdapterConfig = config_from_dict(container["method"])
     run = RunDir(cfg.paths.runs_dir, cfg.experiment_name, container)
+    if (run.path / CONFIG_NAME).is_file():  # a relaunch: the store's record of the run is data, checked
+        check_targets(read_json(run.path / CONFIG_NAME), f"run {run.path}")
     if run.finished:
         log.info("run %s is already finished (%s): skipping it", run.id, run.path)
         if evaluate_after_training(cfg):
@@ -165,10 +155,10 @@ def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, Any]:
     main_process = is_main_process()  # with several processes only rank 0 writes the run's record
 
     set_seed(cfg.seed)
-    tokenizer = build(cfg.model.tokenizer)
-    task = build(cfg.data.builder, tokenizer=tokenizer)
-    evaluator = build(cfg.eval.metric) if cfg.eval.metric else None
-    model = build(cfg.model.network, tokenizer=tokenizer)
+    tokenizer = build(cfg, "model.tokenizer")
+    task = build(cfg, "data.builder", tokenizer=tokenizer)
+    evaluator = build(cfg, "eval.metric") if cfg.eval.metric else None
+    model = build(cfg, "model.network", tokenizer=tokenizer)
     report = apply_adapters(model, method_cfg)
     log.info("%s", report)
     check_trainable_precision(model, cfg.train.precision, ds_config)
@@ -197,6 +187,8 @@ def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, Any]:
     if main_process:
         discard_torn_checkpoints(run.checkpoints)  # left by a process killed while writing them
     resume = last_complete_checkpoint(run.checkpoints)
+    if resume:
+        check_checkpoint(resume, f"run {run.path}")
     previous = (run.metrics() or {}) if resume else {}
     metrics: dict[str, Any] = {
         "experiment": cfg.experiment_name,
@@ -271,7 +263,7 @@ def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, Any]:
         log.info("train.compile: %d blocks compiled with %s (the first steps include compilation)", blocks, backend)
     kernels.reset_counts()
     try:
-        with stopper.installed():
+        with stopper.installed(), weights_only():
             trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         stopper.raise_if_stopped(run.checkpoints)
         metrics["kernels"] = kernels.path_counts()

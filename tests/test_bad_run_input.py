@@ -102,12 +102,12 @@ def test_dataset_file_with_the_wrong_schema(tmp_path):
 @pytest.fixture
 def built_cache(tmp_path):
     """A metamath fixture tokenized into tmp_path/cache as a real run leaves it; returns (source, entry)."""
-    from mora.train import build
+    from mora.builders import build
 
     write_fixtures(tmp_path / "fixtures", n=16)
     source = tmp_path / "fixtures" / "metamath.json"
     cfg = compose([*METAMATH, f"data.builder.source={source}", f"paths.cache_dir={tmp_path / 'cache'}"])
-    build(cfg.data.builder, tokenizer=build(cfg.model.tokenizer)).train_dataset()
+    build(cfg, "data.builder", tokenizer=build(cfg, "model.tokenizer")).train_dataset()
     (entry,) = (tmp_path / "cache").glob("metamath-*")
     return source, entry
 
