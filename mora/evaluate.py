@@ -9,7 +9,7 @@ right after training when the benchmark says `after_training: true`.
 
 Written into the run directory: `lm_eval/<suite>.json` (lm-eval's results JSON), `spectrum.json`, and
 in `metrics.json`: `scores` (headline numbers, in percent for accuracies: what the tables read),
-`benchmarks` (per suite: tasks, shots, limit, file) and `spectrum` (the per-module-type means). A
+`benchmarks` (per suite: tasks, shots, limit, scoring mode, file) and `spectrum` (the per-module-type means). A
 suite already scored with the same settings is not scored again (`benchmark.force=true` redoes it).
 """
 
@@ -109,6 +109,7 @@ def _suite_key(suite: dict, bench: dict) -> dict:
         "limit": bench.get("limit"),
         "gen_kwargs": bench.get("gen_kwargs"),
         "model": bench.get("model", "merged"),
+        "scoring": bench.get("scoring", "paper"),
     }
 
 
@@ -121,7 +122,7 @@ def evaluate_run(
     """Score the finished run in `run_path` on `bench` (a conf/benchmark config); returns the updated
     metrics. Each finished piece is written to metrics.json at once, so an interrupted evaluation
     keeps what it has."""
-    from .evaluation.harness import EVAL_DIR, Suite, headline, run_suite
+    from .evaluation.harness import EVAL_DIR, SCORING_MODES, Suite, headline, run_suite
 
     run_path = Path(run_path)
     bench = _as_dict(bench)
@@ -134,6 +135,8 @@ def evaluate_run(
     run_config = run_config if run_config is not None else read_json(run_path / CONFIG_NAME)
     check_targets(run_config, f"run {run_path}")  # the store is data: a foreign builder anywhere stops here
     suites = {name: Suite.from_dict(name, spec) for name, spec in (bench.get("suites") or {}).items()}
+    if bench.get("scoring", "paper") not in SCORING_MODES:
+        raise ValueError(f"benchmark.scoring must be one of {SCORING_MODES}, got {bench.get('scoring')!r}")
     force = bool(bench.get("force"))
     done = metrics.setdefault("benchmarks", {})
     todo = [s for s in suites.values() if force or done.get(s.name, {}).get("key") != _suite_key(bench["suites"][s.name], bench)]
@@ -173,6 +176,7 @@ def evaluate_run(
             limit=bench.get("limit"),
             gen_kwargs=bench.get("gen_kwargs"),
             max_length=bench.get("max_length"),
+            scoring=bench.get("scoring", "paper"),
         )
         out = run_path / LM_EVAL_DIR / f"{suite.name}.json"
         write_json_atomic(out, results)
@@ -182,6 +186,7 @@ def evaluate_run(
         done[suite.name] = {
             "key": _suite_key(bench["suites"][suite.name], bench),
             "file": str(out.relative_to(run_path)),
+            "scoring": bench.get("scoring", "paper"),
             "lm_eval_version": results.get("lm_eval_version"),
             "versions": results.get("versions", {}),
             "n_samples": {t: v.get("effective", v.get("original")) for t, v in results.get("n-samples", {}).items()},

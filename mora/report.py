@@ -401,6 +401,20 @@ def lookup(metrics: dict, metric: str, step: int | None = None) -> Any:
     return None
 
 
+def scoring_of(metrics: dict, metric: str) -> str | None:
+    """The scoring mode (paper | standard) of the benchmark suite that produced `metric` in one run."""
+    for suite in (metrics.get("benchmarks") or {}).values():
+        if metric in (suite.get("scores") or {}):
+            return suite.get("scoring")
+    return None
+
+
+def cell_scoring(cell: "Cell", metric: str) -> str:
+    """The scoring modes behind a cell's value ("paper", or "paper, standard" when its runs differ)."""
+    runs = cell.candidate.runs if cell.candidate is not None and cell.value is not None else []
+    return ", ".join(sorted({m for r in runs if _completed(r) for m in [scoring_of(r["metrics"], metric)] if m}))
+
+
 def _completed(run: dict) -> bool:
     return bool(run["metrics"]) and run["metrics"].get("status") == STATUS_COMPLETED
 
@@ -594,6 +608,10 @@ def render_markdown(table: Table) -> str:
             chosen.append(f"{row_name(row)} ({'; '.join(picks)})")
     if chosen:
         lines.append("Chosen: " + " · ".join(chosen) + ".")
+    modes = sorted({cell_scoring(c, col.metric) for cells in table.cells for c, col in zip(cells, section.columns)} - {""})
+    if modes:
+        lines.append(f"Scoring (benchmark.scoring): {' / '.join(modes)}; paper = the paper's answer checks, standard = "
+                     "lm-eval's (README, Benchmarks).")
     if any(c.status == "partial" for cells in table.cells for c in cells):
         lines.append("`*`: chosen from an incomplete grid (some learning rates or seeds have no finished run).")
     if table.notes:
@@ -608,7 +626,7 @@ def render_markdown(table: Table) -> str:
 
 
 CSV_FIELDS = ["artifact", "section", "row", "rank", "column", "group", "experiment", "metric", "step", "ours_mean", "ours_std",
-              "n_seeds", "paper", "status", "chosen", "run_ids", "grid_run_ids"]
+              "n_seeds", "paper", "status", "chosen", "run_ids", "grid_run_ids", "scoring"]
 
 
 def table_records(table: Table) -> list[dict]:
@@ -636,6 +654,7 @@ def table_records(table: Table) -> list[dict]:
                 "chosen": chosen.describe() if chosen else "",
                 "run_ids": " ".join(r["run_id"] for r in chosen.runs if _completed(r)) if chosen and cell.value is not None else "",
                 "grid_run_ids": " ".join(r["run_id"] for c in choice.candidates for r in c.runs),
+                "scoring": cell_scoring(cell, column.metric),
             })
     return records
 

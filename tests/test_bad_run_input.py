@@ -75,7 +75,7 @@ def test_unknown_experiment(tmp_path):
 def test_dataset_file_missing(tmp_path):
     missing = tmp_path / "metamath.json"
     assert_fails_before_training(tmp_path, [*METAMATH, f"data.builder.source={missing}"], ValueError,
-                          rf"data source '{missing}' matches no local file.*give an existing .jsonl/.json/.parquet/.txt file")
+                          rf"data source '{missing}' matches no local file.*give an existing \.jsonl, \.json or \.txt \(each also as \.gz or \.zst\) or \.parquet file")
 
 
 @pytest.mark.parametrize("name,content", [("empty.jsonl", ""), ("empty.json", ""), ("empty_list.json", "[]")],

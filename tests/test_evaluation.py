@@ -102,6 +102,8 @@ def test_benchmark_runs_after_training_and_is_kept_in_the_run(tmp_path, monkeypa
     stored = json.loads((run_dir / "lm_eval" / "biomed.json").read_text())
     assert stored["results"]["adaptllm_biomed"]["acc,none"] * 100 == pytest.approx(scores["biomed"])
     assert metrics["benchmarks"]["biomed"]["n_samples"]["adaptllm_pubmedqa"] == 4
+    assert metrics["benchmarks"]["biomed"]["scoring"] == "paper"  # the default: the paper's checks
+    assert stored["configs"]["adaptllm_usmle"]["metadata"]["scoring"] == "paper"
     assert metrics["status"] == "completed" and metrics["evals"]  # training's own record is untouched
     # the wandb run (offline) holds the dashboard keys and the scores: group = artifact, job type = method
     (record,) = (run_dir / "wandb").glob("offline-run-*/*.wandb")
@@ -128,6 +130,16 @@ def test_mora_evaluate_scores_a_finished_run_by_its_overrides(tmp_path, capsys):
     metrics = evaluate(cfg)
     assert set(metrics["scores"]) == {"mmlu0"} and metrics["benchmarks"]["mmlu_0shot"]["n_samples"] == {"mmlu_dev": 5}
     assert json.loads(path.read_text())["scores"] == metrics["scores"]
+    assert metrics["benchmarks"]["mmlu_0shot"]["scoring"] == "paper"
+    # another scoring mode is another result: scored again, and recorded
+    standard = evaluate(compose([*TINY_RUN, f"paths.runs_dir={tmp_path / 'runs'}", "method=mora", "method.r=4",
+                                 "benchmark=mmlu_dev", "benchmark.limit=5", "~benchmark.suites.mmlu_5shot",
+                                 "benchmark.scoring=standard"]))
+    assert standard["benchmarks"]["mmlu_0shot"]["scoring"] == "standard"
+    assert standard["benchmarks"]["mmlu_0shot"]["key"]["scoring"] == "standard"
+    with pytest.raises(ValueError, match=r"benchmark.scoring must be one of \('paper', 'standard'\), got 'lenient'"):
+        evaluate(compose([*TINY_RUN, f"paths.runs_dir={tmp_path / 'runs'}", "method=mora", "method.r=4",
+                          "benchmark=mmlu_dev", "benchmark.scoring=lenient"]))
 
     missing = compose([*TINY_RUN, f"paths.runs_dir={tmp_path / 'runs'}", "method=mora", "method.r=8", "benchmark=mmlu_dev"])
     with pytest.raises(ValueError, match="train it first"):
