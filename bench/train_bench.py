@@ -118,13 +118,14 @@ def compose(args: list[str]):
 
 def build_base(cfg):
     """Tokenizer, data and model exactly as mora.train builds them (same builders, same seed)."""
-    from hydra.utils import instantiate
     from transformers import set_seed
 
+    from mora.builders import build
+
     set_seed(cfg.seed)
-    tokenizer = instantiate(cfg.model.tokenizer)
-    task = instantiate(cfg.data.builder, tokenizer=tokenizer)
-    model = instantiate(cfg.model.network, tokenizer=tokenizer)
+    tokenizer = build(cfg, "model.tokenizer")
+    task = build(cfg, "data.builder", tokenizer=tokenizer)
+    model = build(cfg, "model.network", tokenizer=tokenizer)
     return tokenizer, task, model
 
 

@@ -25,6 +25,7 @@ BUILDERS = frozenset(
         "mora.models.char_tokenizer",
         "mora.models.hub_tokenizer",
         "mora.models.llama_from_config",
+        "mora.models.local_bpe_tokenizer",
         "mora.models.pretrained",
         "mora.data.build_task",
         "mora.evaluation.perplexity.Perplexity",

@@ -130,16 +130,14 @@ def token_row(task, row: dict, style: Style) -> str:
 
 
 def preview_data(cfg, n: int, style: Style, max_chars: int) -> str:
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from . import build_task
+    from ..builders import build
     from .chat import ChatTask
     from .corpus import CorpusTask
 
     options = OmegaConf.to_container(cfg.data.builder, resolve=True)
-    options.pop("_target_", None)
-    task = build_task(tokenizer=instantiate(cfg.model.tokenizer), **options)
+    task = build(cfg, "data.builder", tokenizer=build(cfg, "model.tokenizer"))
     title = f"data={cfg.data.name} · builder {options.get('task')}"
     out = []
     if isinstance(task, (ChatTask, CorpusTask)):
@@ -207,8 +205,7 @@ def preview_eval(cfg, name: str, n: int, scoring: str, style: Style, max_chars: 
     import logging
     import tempfile
 
-    from hydra.utils import instantiate
-
+    from ..builders import build
     from ..evaluation.harness import task_manager
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its notes on metadata are not for this reader
@@ -218,7 +215,7 @@ def preview_eval(cfg, name: str, n: int, scoring: str, style: Style, max_chars: 
         from ..evaluation.fixtures import write_fixtures
 
         write_fixtures(bench.data_dir)
-    tokenizer = instantiate(cfg.model.tokenizer)
+    tokenizer = build(cfg, "model.tokenizer")
     out = []
     with tempfile.TemporaryDirectory(prefix="mora_preview_") as saved:
         tokenizer.save_pretrained(saved)
