@@ -145,8 +145,10 @@ class BudgetReport:
         }
 
     def __str__(self) -> str:
-        lines = [f"parameter budget: {self.method} at r={self.r}"]
-        if self.adapter:
+        if not self.adapter:  # fft: no adapter layers, so no rank to speak of
+            lines = [f"parameter budget: {self.method} (no adapter layers)"]
+        else:
+            lines = [f"parameter budget: {self.method} at r={self.r}"]
             lines.append(f"  {'module':<14}{'layers':>7}{'trainable':>14}{'LoRA r=' + str(self.r):>14}{'ratio':>8}")
             for key in self.adapter:
                 lora = self.lora[key]
@@ -159,7 +161,7 @@ class BudgetReport:
                 f"{self.lora_total:>14,}{self.ratio:>8.4f}"
             )
         for key, count in self.other.items():
-            lines.append(f"  also trainable: {key} {count:,}")
+            lines.append(f"  {'also trainable' if self.adapter else 'trainable'}: {key} {count:,}")
         share = 100.0 * self.trainable_total / max(self.total_params, 1)
         lines.append(f"  trainable {self.trainable_total:,} of {self.total_params:,} ({share:.3f} %)")
         return "\n".join(lines)
