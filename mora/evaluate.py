@@ -25,6 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .runs import CONFIG_NAME, STATUS_COMPLETED, RunDir, read_json, write_json_atomic
+from .schema import check_config, set_or_add_overrides
 
 log = logging.getLogger("mora")
 LM_EVAL_DIR = "lm_eval"
@@ -232,6 +233,7 @@ def find_run(cfg: DictConfig) -> tuple[Path, dict]:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    check_config(cfg)
     if not wants_evaluation(cfg.benchmark):
         raise ValueError("benchmark has nothing to run (no suites, perplexity or spectrum): pick one, e.g. benchmark=mmlu_dev")
     path, config = find_run(cfg)
@@ -247,7 +249,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     torch.set_num_threads(int(cfg.threads) if cfg.get("threads") else torch.get_num_threads())
     try:
         metrics = evaluate(cfg)
@@ -256,6 +258,12 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
     for name, value in sorted(metrics.get("scores", {}).items()):
         print(f"{name}: {value:.4g}")
+
+
+def main() -> None:
+    """`python -m mora.evaluate`: a misspelt key reaches check_config (mora.schema) to be named."""
+    sys.argv = set_or_add_overrides(sys.argv)
+    hydra_main()
 
 
 if __name__ == "__main__":

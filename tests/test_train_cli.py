@@ -86,6 +86,8 @@ def test_wandb_offline_run_holds_the_metrics(tmp_path):
         ("method.target_modules=[nope_proj]", "match no nn.Linear", 2),
         ("train.micro_batch_size=3", "not a multiple", 2),
         ("data.builder.task=wiki", "error: unknown data builder 'wiki'; choose one of", 2),  # raised inside a builder
+        ("train.lrr=1e-3", "error: unknown config key train.lrr (did you mean train.lr?); nothing was run", 2),
+        ("+train.lrr=1e-3", "error: unknown config key train.lrr (did you mean train.lr?); nothing was run", 2),
     ],
 )
 def test_bad_config_fails_before_training(tmp_path, override, message, status):

@@ -130,12 +130,20 @@ def _as_tuple(value: Any, name: str) -> tuple[str, ...]:
     return items
 
 
+IGNORED_KEYS = ("_target_", "name")  # may sit in a method node; no option reads them
+
+
+def option_names(method: str) -> set[str]:
+    """The keys of a method node: `method` and the fields of its options dataclass."""
+    return {"method", *(f.name for f in dataclasses.fields(config_class(method)))}
+
+
 def config_from_dict(options: dict[str, Any] | AdapterConfig) -> AdapterConfig:
     """Build a validated config from `{"method": ..., **options}` (a Hydra node or a checkpoint's JSON)."""
     if isinstance(options, AdapterConfig):
         return options
     opts = dict(options)
-    for key in ("_target_", "name"):
+    for key in IGNORED_KEYS:
         opts.pop(key, None)
     method = opts.pop("method", None)
     if method is None:
@@ -160,5 +168,6 @@ __all__ = [
     "config_class",
     "config_from_dict",
     "make_config",
+    "option_names",
     "register",
 ]
