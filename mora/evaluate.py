@@ -137,6 +137,8 @@ def evaluate_run(
         force or have_threshold is None or (wanted_threshold is not None and float(wanted_threshold) != have_threshold)
     )
     need_ppl = bool(bench.get("perplexity")) and (force or "perplexity" not in metrics.get("scores", {}))
+    _say_cached(run_path.name, metrics, [s.name for s in suites.values() if s not in todo],
+                bool(bench.get("perplexity")) and not need_ppl, bool(bench.get("spectrum")) and not need_spectrum)
     if not (todo or need_spectrum or need_ppl):
         return metrics
 
@@ -212,6 +214,20 @@ def evaluate_run(
     if on_scores and new_scores:
         on_scores(new_scores)
     return metrics
+
+
+def _say_cached(run_name: str, metrics: dict, suites: list[str], perplexity: bool, spectrum: bool) -> None:
+    """One line per score that is not computed again: it was, with the same settings, and is read back."""
+    scores = metrics.get("scores", {})
+    cached = {name: metrics["benchmarks"][name].get("scores", {}) for name in suites}
+    if perplexity:
+        cached["perplexity"] = {"perplexity": scores["perplexity"]}
+    if spectrum:
+        cached["spectrum"] = {f"spectrum/{k}": v for k, v in metrics["spectrum"]["by_type"].items()}
+    for name, values in cached.items():
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items())
+        log.info("run %s: %s is cached (scored before with these settings): %s; benchmark.force=true scores it again",
+                 run_name, name, shown)
 
 
 def find_run(cfg: DictConfig) -> tuple[Path, dict]:
