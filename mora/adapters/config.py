@@ -85,6 +85,11 @@ class AdapterConfig:
         """Learning-rate factor per adapter parameter name (LoRA+ speeds up B); 1 for the rest."""
         return {}
 
+    def peft_options(self) -> dict[str, Any] | None:
+        """This method's options as peft's LoraConfig fields, or None where peft has no such method
+        (then the adapter is saved in mora-bench's own layout only)."""
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"method": self.method}
         for f in dataclasses.fields(self):
