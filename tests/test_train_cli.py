@@ -59,6 +59,21 @@ def test_finished_run_is_skipped(tmp_path, caplog):
     assert len(metrics_files(tmp_path)) == 2
 
 
+def test_a_run_without_wandb_or_deepspeed_prints_neither(tmp_path):
+    """WANDB_MODE=offline (as make and CI set it) made transformers print "Running in WANDB offline mode",
+    and accelerate's import of DeepSpeed "Setting accelerator to CPU", on runs that use neither; FFT's
+    budget header named a rank it does not have."""
+    noise = ("WANDB offline mode", "Setting accelerator to CPU")
+    first = run_cli(tmp_path, "method=fft")  # WANDB_MODE=offline, as make and CI set it
+    assert first.returncode == 0, first.stderr[-2000:]
+    out = first.stdout + first.stderr
+    assert "parameter budget: fft (no adapter layers)" in out and "at r=" not in out
+    assert "run " in out and "finished" in out and not [n for n in noise if n in out], out[-3000:]
+    skipped = run_cli(tmp_path, "method=fft")  # WANDB_MODE=offline, as make and CI set it
+    out = skipped.stdout + skipped.stderr
+    assert "already finished" in out and not [n for n in noise if n in out], out
+
+
 def test_loraplus_groups_and_restart_schedule(tmp_path):
     from mora.training.optim import jagged_factor
 
