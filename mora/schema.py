@@ -39,7 +39,8 @@ def _unknown(where: str, key: str, valid: Iterable[str]) -> str:
     guess = closest(key, valid)
     if guess is not None:
         return f"{prefix}{key} (did you mean {prefix}{guess}?)"
-    return f"{prefix}{key} ({where or 'the top level'} takes {', '.join(sorted(valid))})"
+    listed = sorted(k for k in valid if k == "_target_" or not k.startswith("_"))
+    return f"{prefix}{key} ({where or 'the top level'} takes {', '.join(listed)})"
 
 
 def _load_option(group: str, option: str) -> dict[str, Any]:
