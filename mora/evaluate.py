@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from .builders import build, check_targets
 from .runs import CONFIG_NAME, STATUS_COMPLETED, RunDir, read_json, write_json_atomic
 from .safe_load import weights_only
+from .schema import check_config, set_or_add_overrides
 
 log = logging.getLogger("mora")
 LM_EVAL_DIR = "lm_eval"
@@ -146,6 +147,8 @@ def evaluate_run(
         force or have_threshold is None or (wanted_threshold is not None and float(wanted_threshold) != have_threshold)
     )
     need_ppl = bool(bench.get("perplexity")) and (force or "perplexity" not in metrics.get("scores", {}))
+    _say_cached(run_path.name, metrics, [s.name for s in suites.values() if s not in todo],
+                bool(bench.get("perplexity")) and not need_ppl, bool(bench.get("spectrum")) and not need_spectrum)
     if not (todo or need_spectrum or need_ppl):
         return metrics
 
@@ -223,6 +226,20 @@ def evaluate_run(
     return metrics
 
 
+def _say_cached(run_name: str, metrics: dict, suites: list[str], perplexity: bool, spectrum: bool) -> None:
+    """One line per score that is not computed again: it was, with the same settings, and is read back."""
+    scores = metrics.get("scores", {})
+    cached = {name: metrics["benchmarks"][name].get("scores", {}) for name in suites}
+    if perplexity:
+        cached["perplexity"] = {"perplexity": scores["perplexity"]}
+    if spectrum:
+        cached["spectrum"] = {f"spectrum/{k}": v for k, v in metrics["spectrum"]["by_type"].items()}
+    for name, values in cached.items():
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items())
+        log.info("run %s: %s is cached (scored before with these settings): %s; benchmark.force=true scores it again",
+                 run_name, name, shown)
+
+
 def find_run(cfg: DictConfig) -> tuple[Path, dict]:
     """The run directory `cfg` names: benchmark.run_dir, or the run id of the composed config."""
     given = cfg.benchmark.get("run_dir")
@@ -242,6 +259,7 @@ def find_run(cfg: DictConfig) -> tuple[Path, dict]:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    check_config(cfg)
     if not wants_evaluation(cfg.benchmark):
         raise ValueError("benchmark has nothing to run (no suites, perplexity or spectrum): pick one, e.g. benchmark=mmlu_dev")
     path, config = find_run(cfg)
@@ -257,7 +275,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     torch.set_num_threads(int(cfg.threads) if cfg.get("threads") else torch.get_num_threads())
     try:
         metrics = evaluate(cfg)
@@ -266,6 +284,12 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
     for name, value in sorted(metrics.get("scores", {}).items()):
         print(f"{name}: {value:.4g}")
+
+
+def main() -> None:
+    """`python -m mora.evaluate`: a misspelt key reaches check_config (mora.schema) to be named."""
+    sys.argv = set_or_add_overrides(sys.argv)
+    hydra_main()
 
 
 if __name__ == "__main__":

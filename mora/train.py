@@ -28,8 +28,9 @@ from .adapters import AdapterConfig, apply_adapters, config_from_dict, merge_and
 from .builders import build, check_targets
 from .evaluate import evaluate_run, wants_evaluation
 from .evaluation.spectrum import SNAPSHOT_NAME, save_snapshot
-from .runs import CONFIG_NAME, STATUS_COMPLETED, STATUS_FAILED, RunDir, read_json
+from .runs import CONFIG_NAME, STATUS_COMPLETED, STATUS_FAILED, RunDir, read_json, share_files
 from .safe_load import check_checkpoint, weights_only
+from .schema import check_config, set_or_add_overrides
 from .training.callbacks import RestartCallback, RunRecorder, discard_torn_checkpoints, last_complete_checkpoint
 from .training.distributed import (
     check_deepspeed_config,
@@ -37,6 +38,7 @@ from .training.distributed import (
     init_deepspeed_state,
     is_main_process,
     keeping_optimizer,
+    quiet_unused_deepspeed,
     shutdown,
     strip_launcher_args,
     world_size,
@@ -44,7 +46,7 @@ from .training.distributed import (
 from .training.finite import stopping_on_nonfinite_loss
 from .training.optim import build_optimizer, build_scheduler
 from .training.precision import check_trainable_precision
-from .training.preemption import STATUS_INTERRUPTED, GracefulStop, RunInterrupted
+from .training.preemption import EXIT_CTRL_C, STATUS_INTERRUPTED, GracefulStop, RunInterrupted
 from .training.speed import Throughput, compile_backend, compile_blocks
 from .training.wandb_log import WandbLogger
 from .training.zero import gather_full_model
@@ -112,6 +114,19 @@ def evaluate_after_training(cfg: DictConfig) -> bool:
     return bool(bench) and bool(bench.get("after_training")) and wants_evaluation(bench)
 
 
+def import_trainer() -> type:
+    """transformers' Trainer, imported with WANDB_MODE hidden: with WANDB_MODE=offline (the Makefile's
+    and CI's setting) transformers prints "[INFO] Running in WANDB offline mode" when it imports its
+    integrations, whatever the run logs to. conf/logger/wandb.yaml reads the variable itself."""
+    mode = os.environ.pop("WANDB_MODE", None)
+    try:
+        from transformers import Trainer
+    finally:
+        if mode is not None:
+            os.environ["WANDB_MODE"] = mode
+    return Trainer
+
+
 def _attach_log_file(path: Path) -> logging.Handler:
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -135,8 +150,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, Any]:
-    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers import TrainingArguments, set_seed
 
+    check_config(cfg)
     container = OmegaConf.to_container(cfg, resolve=True)
     method_cfg: AdapterConfig = config_from_dict(container["method"])
     run = RunDir(cfg.paths.runs_dir, cfg.experiment_name, container)
@@ -147,11 +163,14 @@ def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, Any]:
         if evaluate_after_training(cfg):
             evaluate_run(run.path, cfg.benchmark, container)
         return run.metrics()
+    Trainer = import_trainer()
     accumulation = grad_accumulation(cfg.train)
     ds_config = container["train"].get("deepspeed")
     if ds_config is not None:
         check_deepspeed_config(ds_config, cfg.train, world_size(), accumulation)
         ensure_single_process_env()
+    else:
+        quiet_unused_deepspeed()
     main_process = is_main_process()  # with several processes only rank 0 writes the run's record
 
     set_seed(cfg.seed)
@@ -184,6 +203,7 @@ def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, Any]:
     handler = _attach_log_file(run.path / "train.log") if main_process else None
     if main_process and cfg.benchmark.get("spectrum") and not (run.path / SNAPSHOT_NAME).is_file():
         save_snapshot(model, run.path / SNAPSHOT_NAME)  # ΔW = final - these, for the spectrum
+        share_files(run.path / SNAPSHOT_NAME)
     if main_process:
         discard_torn_checkpoints(run.checkpoints)  # left by a process killed while writing them
     resume = last_complete_checkpoint(run.checkpoints)
@@ -211,7 +231,7 @@ def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, Any]:
     recorder = RunRecorder(
         run, metrics, evaluate if evaluator else None, list(cfg.eval.steps), wandb_cb.log_eval if wandb_cb else None
     )
-    stopper = GracefulStop()  # SIGTERM / preemption: checkpoint at the end of the step, stop, requeue
+    stopper = GracefulStop()  # SIGTERM / preemption / Ctrl-C: checkpoint at the end of the step, stop
     # Throughput first: its step timing ends before the recorder evaluates or a checkpoint is written.
     callbacks = [Throughput(metrics), recorder, stopper] + ([wandb_cb] if wandb_cb else [])
     if restarts:
@@ -276,8 +296,11 @@ def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, Any]:
             merged = merge_and_unload(model)
             merged.save_pretrained(run.path / "merged")
             tokenizer.save_pretrained(run.path / "merged")
+            share_files(run.path / "adapter", run.path / "merged")
     except BaseException as exc:
-        status = STATUS_INTERRUPTED if isinstance(exc, RunInterrupted) else STATUS_FAILED
+        status = STATUS_INTERRUPTED if isinstance(exc, (RunInterrupted, KeyboardInterrupt)) else STATUS_FAILED
+        if isinstance(exc, KeyboardInterrupt) and main_process:
+            discard_torn_checkpoints(run.checkpoints)  # the one a second Ctrl-C cut short, if it did
         recorder.finish(status, error=f"{type(exc).__name__}: {exc}")
         log.error("run %s %s: %s: %s", run.id, status, type(exc).__name__, exc)
         _detach_log_file(handler)
@@ -309,8 +332,14 @@ def hydra_main(cfg: DictConfig) -> None:
     try:
         train(cfg)
     except RunInterrupted as exc:
-        log.warning("run interrupted: %s; launched again, it resumes from there", exc)
-        exc.exit()  # exit status 75 (slurm/array.sbatch requeues), or submitit's requeue
+        if exc.by_user:
+            log.warning("to resume, run the same command again: it picks up from %s", Path(exc.checkpoint).name)
+        else:
+            log.warning("run interrupted: %s; launched again, it resumes from there", exc)
+        exc.exit()  # exit status 75 (slurm/array.sbatch requeues), or submitit's requeue; 130 after Ctrl-C
+    except KeyboardInterrupt:
+        log.warning("stopped by Ctrl-C; to resume, run the same command again: it picks up from the last complete checkpoint")
+        sys.exit(EXIT_CTRL_C)
     except ValueError as exc:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # a multirun records the job as failed and goes on with the others
@@ -320,8 +349,9 @@ def hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """`python -m mora.train` / `mora-train`, alone or under torchrun / the deepspeed launcher: the
-    launcher's own `--local_rank=N` is taken off the command line so only Hydra overrides reach Hydra."""
-    sys.argv = strip_launcher_args(sys.argv)
+    launcher's own `--local_rank=N` is taken off the command line so only Hydra overrides reach Hydra,
+    and a misspelt key reaches check_config (mora.schema) to be named."""
+    sys.argv = set_or_add_overrides(strip_launcher_args(sys.argv))
     try:
         hydra_main()
     finally:

@@ -101,7 +101,10 @@ def run_suite(
         raise ValueError(f"benchmark.scoring must be one of {SCORING_MODES}, got {scoring!r}")
     was_training = model.training
     model.eval()
-    lm = row_bos_lm()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+    lm = _context_checked(row_bos_lm())(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+    lm.suite_name = suite.name
+    lm_log = logging.getLogger("lm_eval.models.huggingface")  # HFLM's module
+    lm_log.addFilter(_drop_truncation_warnings)
     with tempfile.TemporaryDirectory(prefix="mora_tokenizer_") as saved:
         tokenizer.save_pretrained(saved)  # the tasks count option tokens with it (paper scoring)
         metadata = {"scoring": scoring, "tokenizer": saved, **({"data_dir": str(data_dir)} if data_dir else {})}
@@ -118,6 +121,7 @@ def run_suite(
                 log_samples=log_samples,
             )
         finally:
+            lm_log.removeFilter(_drop_truncation_warnings)
             model.train(was_training)
     if results is None:
         import os
@@ -152,6 +156,49 @@ def row_bos_lm():
             return out
 
     return RowBosLM
+
+
+def _drop_truncation_warnings(record: logging.LogRecord) -> bool:
+    """lm-eval warns once per prompt it cuts to the model's context: hundreds of lines on a short-context
+    model. _context_checked says it once, with the count, before scoring starts."""
+    return not record.getMessage().startswith(("Combined length of context", "Left truncation applied"))
+
+
+def _context_checked(hflm: type) -> type:
+    """lm-eval's HFLM (passed in: lm-eval is imported lazily) that counts, before it scores them, the
+    prompts longer than the model's context, and warns once with the count."""
+    from lm_eval.models.utils import normalize_gen_kwargs
+
+    class ContextCheckedLM(hflm):
+        suite_name = "lm-eval"
+
+        def _warn(self, too_long: set[str], prompts: set[str], room: str) -> None:
+            if too_long:
+                log.warning(
+                    "%s: %d of %d prompts are longer than the model's context (%s) and are cut from the left, "
+                    "so those items are scored on a truncated prompt",
+                    self.suite_name, len(too_long), len(prompts), room,
+                )
+
+        def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+            # requests: ((context, continuation), context tokens, continuation tokens); the model sees at
+            # most max_length + 1 of them (the last token is only predicted)
+            too_long = {ctx for (ctx, _), c, t in requests if len(c) + len(t) > self.max_length + 1}
+            self._warn(too_long, {ctx for (ctx, _), _, _ in requests}, f"{self.max_length} tokens")
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            too_long, longest_answer = set(), 0
+            for context, gen_kwargs in (r.args for r in requests):
+                answer = normalize_gen_kwargs(dict(gen_kwargs), self.max_gen_toks)["max_gen_toks"]
+                longest_answer = max(longest_answer, answer)
+                if len(self.tok_encode(context)) > self.max_length - answer:
+                    too_long.add(context)
+            room = f"{self.max_length} tokens, {longest_answer} of them kept for the answer"
+            self._warn(too_long, {r.args[0] for r in requests}, room)
+            return super().generate_until(requests, disable_tqdm=disable_tqdm)
+
+    return ContextCheckedLM
 
 
 def _json_default(value: Any) -> Any:
