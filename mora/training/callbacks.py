@@ -62,6 +62,10 @@ class RunRecorder(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         step = state.global_step
+        if step >= state.max_steps and step % args.save_steps:
+            # The Trainer also saves at the last step off the save_every grid; the run is recorded as
+            # complete right after, so that checkpoint would only cost a full write (a 7B FFT: 80 GB).
+            control.should_save = False
         if self.evaluate is not None and (step in self.eval_steps or step == state.max_steps):
             result = self.evaluate(model)
             self.metrics["evals"] = [e for e in self.metrics["evals"] if e["step"] != step]
