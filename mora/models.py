@@ -12,6 +12,11 @@ from pathlib import Path
 
 import torch
 
+# Bump when a builder here changes what it builds (initialisation, vocabulary): runs made before are stale.
+RESULTS_VERSION = 1
+# Options naming a hub id or a local directory: a local one enters the run id by its content (mora/identity.py).
+LOCATION_OPTIONS = ("name_or_path",)
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 

@@ -50,3 +50,13 @@ def run_cli(runs_dir: Path, *overrides: str, tiny: bool = True, **popen) -> subp
 
 def metrics_files(runs_dir: Path) -> list[Path]:
     return sorted(Path(runs_dir).rglob("metrics.json"))
+
+
+def current_record(overrides: list[str]) -> dict:
+    """What mora.train writes into every metrics.json beside the results (the id scheme, the results
+    versions of the run the overrides compose): a synthetic store needs it to read as current, not stale."""
+    from omegaconf import OmegaConf
+
+    from mora.identity import ID_SCHEME, results_versions
+
+    return {"id_scheme": ID_SCHEME, "results_versions": results_versions(OmegaConf.to_container(compose(overrides), resolve=True))}
