@@ -7,7 +7,9 @@ our numbers beside the paper's, and its figure (PNG) when it is one.
 The report reads only `experiments/*.yaml` and the results store; it never trains or evaluates. For
 each cell it works out which runs should exist: the spec's overrides are composed with Hydra exactly as
 `mora.train` would compose them, which gives the run id, hence `runs/<experiment>/<run_id>/`. A cell
-with no finished run is marked and its footnote lists the run ids (and commands) that would fill it.
+with no finished run is marked and its footnote lists the run ids (and commands) that would fill it. A
+number from a stale run (recorded by older code, or stored under an older id scheme and found through
+its config.json: docs/results_store.md) is shown marked `†`, with the run and the reason under the table.
 
 Spec format (one YAML per artifact; see experiments/table1.yaml for a full one):
 
@@ -861,8 +863,8 @@ def render(spec_path: str | Path, runs_dir: str | Path, out_dir: str | Path, sec
 
 def pending_commands(spec_path: str | Path, runs_dir: str | Path, sections: list[str] | None = None,
                      extra: list[str] | None = None, conf_dir: Path = CONF_DIR) -> list[str]:
-    """`python -m mora.train ...` for every run of the spec's grids that has not finished (printing
-    them is all the report does: launching is the caller's)."""
+    """`python -m mora.train ...` for every run of the spec's grids that has not finished or is stale
+    (printing them is all the report does: launching is the caller's)."""
     spec = load_spec(spec_path, conf_dir)
     runs_dir = Path(runs_dir)
     commands: list[str] = []

@@ -78,7 +78,7 @@ def stale_reason(metrics: dict[str, Any], versions: dict[str, int]) -> str | Non
 
 
 @contextlib.contextmanager
-def _locked(path: Path, what: str) -> Iterator[None]:
+def _locked(path: Path, label: str, what: str) -> Iterator[None]:
     """Hold the flock on `<path>/.lock`. The system drops it when the holder dies (even by SIGKILL), so a
     crashed run never stays locked. On a filesystem without flock this goes on unlocked, with a warning."""
     path.mkdir(parents=True, exist_ok=True)
@@ -88,7 +88,7 @@ def _locked(path: Path, what: str) -> Iterator[None]:
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
-            raise RunBusyError(f"{path} is being trained by {holder}; {what}") from None
+            raise RunBusyError(f"{label} is being trained by {holder}; {what}") from None
         except OSError as exc:
             log.warning("cannot lock %s (%s): a second process training this run would not be stopped", path, exc)
         handle.truncate(0)
@@ -132,7 +132,7 @@ class RunDir:
     def set_aside(self) -> Path | None:
         """Move a stale record to `<experiment>/.stale/<id>-<time>/` (under its lock, so never one being
         trained), leaving the run's place free for a fresh one; returns where it went."""
-        with _locked(self.path, "its stale record was left in place; this process started nothing"):
+        with _locked(self.path, f"run {self.id} ({self.path})", "its stale record was left in place; this process started nothing"):
             reason = self.stale()
             if reason is None:
                 return None
@@ -145,8 +145,8 @@ class RunDir:
     @contextlib.contextmanager
     def claimed(self) -> Iterator[None]:
         """Hold the run's lock while training it (`<run>/.lock`, see _locked)."""
-        with _locked(self.path, "this process started nothing. Wait for that one to finish (then this run "
-                     "is skipped as finished) or stop it, then relaunch"):
+        with _locked(self.path, f"run {self.id} ({self.path})", "this process started nothing. Wait for that one "
+                     "to finish (then this run is skipped as finished) or stop it, then relaunch"):
             yield
 
 
@@ -219,7 +219,7 @@ def migrate(runs_dir: str | Path, dry_run: bool = False, assume_current: bool = 
             note = "versions assumed current" if assume_current else "stale until trained again: the code that made it is unknown"
             try:
                 if not dry_run:
-                    with _locked(run, "left in place"):
+                    with _locked(run, str(run), "left in place"):
                         run.rename(target)
                         _mark_migrated(target, identity, run.name, versions if assume_current else None)
             except RunBusyError as exc:
