@@ -385,7 +385,7 @@ def stored_run(composer: Composer, runs_dir: Path, overrides: list[str], where: 
     metrics = read_json(path / "metrics.json") if (path / "metrics.json").is_file() else None
     stale = stale_reason(metrics, versions) if metrics else None
     legacy = composer.legacy_run(runs_dir, experiment, rid) if metrics is None else None
-    if legacy is not None and (legacy / "metrics.json").is_file():
+    if legacy is not None:
         metrics = read_json(legacy / "metrics.json")
         stale = f"{OLD_SCHEME} ({legacy}; python -m mora.runs migrate {runs_dir} re-keys it)"
     return {"run_id": rid, "path": path, "overrides": overrides, "metrics": metrics, "stale": stale,

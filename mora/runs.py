@@ -177,12 +177,15 @@ def legacy_runs(runs_dir: str | Path, experiment: str) -> dict[str, Path]:
     config.json (runs whose id cannot be computed any more are left out)."""
     found: dict[str, Path] = {}
     for run in _run_dirs(Path(runs_dir) / experiment):
-        if _scheme(run) == ID_SCHEME or not (run / CONFIG_NAME).is_file():
+        if _scheme(run) == ID_SCHEME or not (run / METRICS_NAME).is_file() or not (run / CONFIG_NAME).is_file():
             continue
         try:
-            found.setdefault(run_id(read_json(run / CONFIG_NAME)), run)
+            new_id = run_id(read_json(run / CONFIG_NAME))
         except Exception as exc:  # a config the current code rejects: not a run it can name
             log.debug("%s: no current id (%s: %s)", run, type(exc).__name__, exc)
+            continue
+        if new_id != run.name:
+            found.setdefault(new_id, run)
     return found
 
 
@@ -211,7 +214,10 @@ def migrate(runs_dir: str | Path, dry_run: bool = False, assume_current: bool = 
                 continue
             new_id = hash_identity(identity)
             target = experiment_dir / new_id
-            if target.exists() and target != run:
+            if target == run:  # keyed by this scheme already (a run that stopped before its first metrics)
+                counts["current"] += 1
+                continue
+            if target.exists():
                 counts["left"] += 1
                 say(f"left    {run}: {target} exists already (the same run, trained again?); nothing changed: "
                     "compare them and keep one yourself")
