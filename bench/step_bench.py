@@ -230,7 +230,7 @@ def run_config(cfg: Config, args, device, dtype) -> dict:
             layer.compile()
     h.requires_grad_(True)
     gout = torch.randn_like(h) * 1e-2
-    before = dict(kernels.calls)
+    kernels.reset_counts()
     launched = fused_gemm.launches[0]
     fused_gemm.set_enabled(TRITON_DEFAULT and cfg.family != "cublas")  # every configuration sets both
     fused_gemm.set_gather(GATHER_DEFAULT or cfg.family == "gather")
@@ -269,7 +269,7 @@ def run_config(cfg: Config, args, device, dtype) -> dict:
             step()
             times.append((time.perf_counter() - t) * 1e3)
         peak = None
-    fused = {k: v - before.get(k, 0) for k, v in kernels.calls.items() if v - before.get(k, 0)}
+    fused = kernels.path_counts()
     triton_launches = fused_gemm.launches[0] - launched
     graph_breaks = sum(counters["graph_break"].values())
     graphs = counters["stats"].get("unique_graphs", 0)

@@ -56,10 +56,10 @@ def _layer(method, opts, d, k, r, bias, seed=0):
 def _run(layer, x, gy, fast, functional=False):
     layer.zero_grad(set_to_none=True)
     x = x.detach().clone().requires_grad_(True)
-    before = sum(kernels.calls.values())
+    before = kernels.fused_calls()
     with fast_path("always" if fast else "off"), force_functional(functional):
         y = layer(x)
-    took = sum(kernels.calls.values()) - before
+    took = kernels.fused_calls() - before
     y.backward(gy)
     grads = {n: p.grad.clone() for n, p in layer.adapter_parameters() if p.requires_grad}
     return y.detach(), x.grad, grads, took
@@ -140,10 +140,10 @@ def test_partial_grads_and_no_input_grad():
 
 def test_auto_mode_keeps_cpu_on_reference():
     layer = _layer("lora", {}, 16, 16, 2, bias=False)
-    before = dict(kernels.calls)
+    kernels.reset_counts()
     with fast_path("auto"):
         layer(torch.randn(2, 16, dtype=torch.float64))
-    assert kernels.calls == before
+    assert kernels.path_counts() == {"lora": {"reference": 1}}
 
 
 def test_layer_switch_and_unsupported_inputs():
@@ -283,3 +283,52 @@ def test_triton_gemm_never_on_cpu():
 
     x = torch.randn(4, 16)
     assert not fused_gemm.usable(x, torch.randn(16, 16))
+
+
+# -- mixed precision: bf16 base and activations, fp32 adapter weights (docs/precision.md) -----------
+
+
+def _mixed_run(layer, x, gy, fast, autocast):
+    layer.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_(True)
+    kernels.reset_counts()
+    with fast_path("always" if fast else "off"), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y = layer(x)
+    counts = kernels.path_counts()
+    y.float().backward(gy)
+    grads = {n: p.grad for n, p in layer.adapter_parameters() if p.requires_grad}
+    return y.detach().double(), x.grad.double(), grads, counts
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("method,opts", METHODS, ids=lambda v: v if isinstance(v, str) else str(v))
+@pytest.mark.parametrize("autocast", [False, True], ids=["bf16", "bf16-autocast"])
+def test_fused_mixed_precision_matches_reference(method, opts, autocast):
+    """Fused and reference paths on a bf16 base with fp32 adapters, autocast on or off: the fused path
+    runs, gradients land in fp32 on the fp32 weights, and both paths sit at bf16 distance of an fp64
+    evaluation of the same weights (the fused one no further than 2x the reference, or 1e-2)."""
+    torch.manual_seed(3)
+    layer = _layer(method, opts, 40, 56, 4, bias=True)
+    wide = _layer(method, opts, 40, 56, 4, bias=True)  # the same weights in fp64
+    layer.base.to(torch.bfloat16)
+    layer.base.requires_grad_(False)
+    with torch.no_grad():
+        for (_, p), (_, q) in zip(layer.adapter_parameters(), wide.adapter_parameters()):
+            p.data = q.data.float()  # fp32 adapters, as the layer makes them on a bf16 base
+        wide.base.weight.copy_(layer.base.weight.double())
+        wide.base.bias.copy_(layer.base.bias.double())
+    x = torch.randn(3, 5, 56, dtype=torch.bfloat16)
+    gy = torch.randn(3, 5, 40)
+    ref = _mixed_run(layer, x, gy, fast=False, autocast=autocast)
+    out = _mixed_run(layer, x, gy, fast=True, autocast=autocast)
+    exact = _run(wide, x.double(), gy.double(), fast=False)
+    assert out[3][method].get("fused") == 1 and "reference" not in out[3][method], out[3]
+    assert ref[3][method] == {"reference": 1}
+    assert all(g.dtype == torch.float32 for g in out[2].values())
+    for what, i in (("output", 0), ("grad x", 1)):
+        assert _rel(out[i], exact[i]) <= max(2 * _rel(ref[i], exact[i]), 1e-2), what
+    for name in exact[2]:
+        assert _rel(out[2][name], exact[2][name]) <= max(2 * _rel(ref[2][name], exact[2][name]), 1e-2), name

@@ -214,37 +214,53 @@ DTYPE_METHODS = [
 
 
 @pytest.mark.parametrize("method_opts", DTYPE_METHODS, ids=_ids)
-@pytest.mark.parametrize("fp32", [False, True], ids=["base-dtype", "fp32"])
-def test_adapter_dtype_follows_base(method_opts, fp32, randomize):
+def test_adapter_weights_are_fp32_on_a_bf16_base(method_opts, randomize):
     method, opts = method_opts
     base = nn.Linear(23, 37, dtype=torch.bfloat16)
-    layer = make_adapter(base, method, 2, fp32=fp32, **opts)
-    want = torch.float32 if fp32 else torch.bfloat16
+    layer = make_adapter(base, method, 2, **opts)
     params = dict(layer.adapter_parameters())
     assert params
-    assert all(p.dtype == want for p in params.values()), {n: p.dtype for n, p in params.items()}
+    assert all(p.dtype == torch.float32 for p in params.values()), {n: p.dtype for n, p in params.items()}
     assert base.weight.dtype == torch.bfloat16
     randomize(layer, std=0.1)
     x = torch.randn(4, 23, dtype=torch.bfloat16)
     with torch.no_grad():
         out = layer(x)
         assert out.dtype == torch.bfloat16
-        assert layer.delta_weight().dtype == want
+        assert layer.delta_weight().dtype == torch.float32
         # the bf16 output agrees with an fp32 evaluation of the same weights
         ref = x.float() @ (base.weight.float() + layer.delta_weight().float()).T + base.bias.float()
     assert ((out.float() - ref).abs().max() / ref.abs().max()).item() < 3e-2
 
 
-def test_fp32_adapter_keeps_precision_bf16_would_lose():
-    """With fp32=True a small ΔW survives where a bf16 adapter rounds it."""
+def test_fp32_adapter_keeps_a_value_bf16_would_round():
     torch.manual_seed(0)
-    base = nn.Linear(64, 64, bias=False, dtype=torch.bfloat16)
-    layer32 = make_adapter(base, "mora", 2, fp32=True)
+    layer = make_adapter(nn.Linear(64, 64, bias=False, dtype=torch.bfloat16), "mora", 2)
     with torch.no_grad():
-        layer32.mora_M.fill_(1.0 + 2.0**-12)  # not representable in bf16
-    assert layer32.mora_M.dtype == torch.float32
-    assert layer32.mora_M[0, 0].item() != 1.0
-    layer16 = make_adapter(nn.Linear(64, 64, bias=False, dtype=torch.bfloat16), "mora", 2)
+        layer.mora_M.fill_(1.0 + 2.0**-12)  # not representable in bf16
+    assert layer.mora_M.dtype == torch.float32
+    assert layer.mora_M[0, 0].item() == 1.0 + 2.0**-12
+    assert torch.tensor(1.0 + 2.0**-12, dtype=torch.bfloat16).item() == 1.0
+
+
+# DoRA's merge writes round(m V / ||V||) from fp32 directly (one rounding by construction), not W0 + ΔW.
+@pytest.mark.parametrize("method_opts", [m for m in DTYPE_METHODS if m[0] != "dora"], ids=_ids)
+def test_merge_into_bf16_rounds_once(method_opts, randomize):
+    """merge = round(W0 + ΔW) computed in fp32, not round(W0 + round(ΔW)); unmerge likewise."""
+    method, opts = method_opts
+    torch.manual_seed(1)
+    base = nn.Linear(40, 24, bias=False, dtype=torch.bfloat16)
+    layer = make_adapter(base, method, 2, **opts)
+    randomize(layer, std=0.05)
+    w0 = base.weight.detach().clone()
     with torch.no_grad():
-        layer16.mora_M.fill_(1.0 + 2.0**-12)
-    assert layer16.mora_M[0, 0].item() == 1.0
+        delta = layer.delta_weight()
+        want = (w0.float() + delta).to(torch.bfloat16)
+        twice = w0 + delta.to(torch.bfloat16)  # the double rounding this must not do
+        layer.merge()
+    assert torch.equal(base.weight, want)
+    assert not torch.equal(want, twice)  # the probe can tell the two apart
+    with torch.no_grad():
+        layer.unmerge()
+        delta_after = layer.delta_weight()
+    assert torch.equal(base.weight, (want.float() - delta_after).to(torch.bfloat16))

@@ -65,7 +65,6 @@ class AdapterConfig:
     target_modules: tuple[str, ...] = DEFAULT_TARGETS
     trainable_modules: tuple[str, ...] = ()
     dropout: float = 0.0
-    fp32: bool = False
 
     method: ClassVar[str] = "?"
     # Bump (in the method's own class) when the method's layer or options change what a run computes.

@@ -2,6 +2,10 @@
 
 Subclasses implement `delta` (the adapter's output for an input) and `delta_weight` (the same map as a
 dense (d, k) matrix, Eq. 3 of the paper); merging, unmerging and dtype handling live here once.
+
+Precision (docs/precision.md): the trainable tensors are fp32 (fp64 on an fp64 base) whatever the
+base's dtype, so an optimizer step smaller than a bf16 ulp is never lost; every write of ΔW into the
+base (merge, unmerge, restarts) adds in fp32 and rounds to the base's dtype once.
 """
 
 from __future__ import annotations
@@ -59,7 +63,8 @@ class AdapterLayer(nn.Module):
 
     @property
     def adapter_dtype(self) -> torch.dtype:
-        return torch.float32 if self.config.fp32 else self.base.weight.dtype
+        """fp32, or the base's dtype where that is wider (fp64 reference checks)."""
+        return torch.promote_types(self.base.weight.dtype, torch.float32)
 
     def adapter_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         for name, param in self.named_parameters():
@@ -85,19 +90,24 @@ class AdapterLayer(nn.Module):
         return out + update.to(out.dtype)
 
     @torch.no_grad()
+    def add_to_base(self, delta: torch.Tensor, alpha: float = 1.0) -> None:
+        """W0 += alpha ΔW, added in fp32 (or wider) and rounded to W0's dtype once."""
+        weight = self.base.weight
+        wide = torch.promote_types(weight.dtype, delta.dtype)
+        weight.copy_(weight.to(wide).add_(delta.to(wide), alpha=alpha))
+
+    @torch.no_grad()
     def merge(self) -> None:
         if self.merged:
             return
-        weight = self.base.weight
-        weight.add_(self.delta_weight().to(weight.dtype))
+        self.add_to_base(self.delta_weight())
         self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
         if not self.merged:
             return
-        weight = self.base.weight
-        weight.sub_(self.delta_weight().to(weight.dtype))
+        self.add_to_base(self.delta_weight(), alpha=-1.0)
         self.merged = False
 
     def extra_repr(self) -> str:

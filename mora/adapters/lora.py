@@ -119,7 +119,7 @@ class LoRALayer(AdapterLayer):
             super().merge_and_reinit()  # raises: only relora restarts
         if self.merged:
             raise RuntimeError("merge_and_reinit on a merged layer; unmerge it first")
-        self.base.weight.add_(self.delta_weight().to(self.base.weight.dtype))
+        self.add_to_base(self.delta_weight())
         self.reset_adapter()
 
 

@@ -253,7 +253,7 @@ class MoRALayer(AdapterLayer):
             raise ValueError(f"{self.config.method} has no merge-and-reinit restart; use remora")
         if self.merged:
             raise RuntimeError("merge_and_reinit on a merged layer; unmerge it first")
-        self.base.weight.add_(self.delta_weight().to(self.base.weight.dtype))
+        self.add_to_base(self.delta_weight())
         self.reset_adapter()
         self.restarts += 1
         self._set_grouping(self.config.sharing_type_after(int(self.restarts)))

@@ -9,6 +9,29 @@ LoRA and DoRA use on Hopper GPUs (the adapter's term in the frozen GEMM's epilog
 """
 
 from .common import force_functional
-from .dispatch import calls, fast_forward, fast_path, fast_path_mode, set_fast_path, supported
+from .dispatch import (
+    calls,
+    compute_dtype,
+    fast_forward,
+    fast_path,
+    fast_path_mode,
+    fused_calls,
+    path_counts,
+    reset_counts,
+    set_fast_path,
+    supported,
+)
 
-__all__ = ["calls", "fast_forward", "fast_path", "fast_path_mode", "force_functional", "set_fast_path", "supported"]
+__all__ = [
+    "calls",
+    "compute_dtype",
+    "fast_forward",
+    "fast_path",
+    "fast_path_mode",
+    "force_functional",
+    "fused_calls",
+    "path_counts",
+    "reset_counts",
+    "set_fast_path",
+    "supported",
+]

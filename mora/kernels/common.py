@@ -72,12 +72,18 @@ def finish_grad(delta: torch.Tensor, gy: torch.Tensor, weight: torch.Tensor, fun
     return delta.addmm_(gy, weight)
 
 
-def with_base(y2: torch.Tensor, x: torch.Tensor, base) -> torch.Tensor:
+def with_base(y2: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """The layer's output from a Function's 2-D result: adds the frozen layer in functional mode."""
     y = y2.view(*x.shape[:-1], y2.shape[-1])
     if functional():
-        y = torch.nn.functional.linear(x, base.weight, base.bias) + y
+        y = torch.nn.functional.linear(x, weight, bias) + y
     return y
+
+
+def frozen(base, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The frozen layer's weight and bias in the compute dtype (no copy when they already have it)."""
+    bias = base.bias
+    return base.weight.to(dtype), None if bias is None else bias.to(dtype)
 
 
 def acc_dtype(t: torch.Tensor) -> torch.dtype:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from . import fused_gemm
-from .common import acc_dtype, finish, finish_grad, functional, with_base
+from .common import acc_dtype, finish, finish_grad, frozen, functional, with_base
 from .fused_gemm import fused_mm
 
 
@@ -91,16 +91,17 @@ def _lora_fused_backward(gy, x2, weight, A, B, u, scaling, need_x, need_A, need_
     return gx, gA, gB
 
 
-def lora_forward(layer, x: torch.Tensor) -> torch.Tensor:
-    base = layer.base
+def lora_forward(layer, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x already in `dtype`; A and B are cast to it (their gradients flow back to the fp32 weights)."""
+    weight, bias = frozen(layer.base, dtype)
     x2 = x.reshape(-1, layer.in_features)
-    A, B = layer.lora_A, layer.lora_B
+    A, B = layer.lora_A.to(dtype), layer.lora_B.to(dtype)
     flags = (x.requires_grad, A.requires_grad, B.requires_grad)
-    if fused_gemm.usable(x2, base.weight):
-        y = LoRAFusedFunction.apply(x2, base.weight, base.bias, A, B, float(layer.scaling), flags)
+    if fused_gemm.usable(x2, weight):
+        y = LoRAFusedFunction.apply(x2, weight, bias, A, B, float(layer.scaling), flags)
         return y.view(*x.shape[:-1], layer.out_features)
-    y = LoRAFunction.apply(x2, base.weight, base.bias, A, B, float(layer.scaling), flags)
-    return with_base(y, x, base)
+    y = LoRAFunction.apply(x2, weight, bias, A, B, float(layer.scaling), flags)
+    return with_base(y, x, weight, bias)
 
 
 # -- DoRA ------------------------------------------------------------------------------------------
@@ -123,11 +124,12 @@ def _weight_sq_norms(layer) -> torch.Tensor:
 @torch.no_grad()
 def dora_row_norm(layer) -> torch.Tensor:
     """||W0 + s B A|| per output row (fp32, detached) without forming the dense (d, k) sum:
-    ||w0||^2 + 2 s <W0 A^T, B>_row + s^2 <B (A A^T), B>_row."""
+    ||w0||^2 + 2 s <W0 A^T, B>_row + s^2 <B (A A^T), B>_row. W0 A^T runs in W0's dtype (A rounded to it:
+    a second pass over W0 in fp32 would cost more than the whole adapter); the rest in fp32."""
     weight, A, B, s = layer.base.weight, layer.lora_A, layer.lora_B, float(layer.scaling)
     w_sq = _weight_sq_norms(layer)
     acc = acc_dtype(weight)
-    wa = (weight @ A.t()).to(acc)
+    wa = (weight @ A.to(weight.dtype).t()).to(acc)
     bs = B.to(acc) * s
     a32 = A.to(acc)
     gram = a32 @ a32.t()
@@ -197,22 +199,23 @@ class DoRAFusedFunction(torch.autograd.Function):
         return gx, None, None, gA, gB, gm, None, None, None
 
 
-def dora_forward(layer, x: torch.Tensor) -> torch.Tensor:
-    base = layer.base
+def dora_forward(layer, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x already in `dtype`; A and B are cast to it, the magnitude m and the row norm stay fp32."""
+    weight, bias = frozen(layer.base, dtype)
     x2 = x.reshape(-1, layer.in_features)
-    A, B, m = layer.lora_A, layer.lora_B, layer.dora_magnitude
+    A, B, m = layer.lora_A.to(dtype), layer.lora_B.to(dtype), layer.dora_magnitude
     norm = dora_row_norm(layer)
     scaling = float(layer.scaling)
-    if fused_gemm.usable(x2, base.weight):
+    if fused_gemm.usable(x2, weight):
         flags = (x.requires_grad, A.requires_grad, B.requires_grad, m.requires_grad)
-        y = DoRAFusedFunction.apply(x2, base.weight, base.bias, A, B, m, norm, scaling, flags)
+        y = DoRAFusedFunction.apply(x2, weight, bias, A, B, m, norm, scaling, flags)
         return y.view(*x.shape[:-1], layer.out_features)
     if functional():
         flags = (x.requires_grad, A.requires_grad, B.requires_grad)
-        delta = LoRAFunction.apply(x2, base.weight, None, A, B, scaling, flags)
-        g = (m.to(norm.dtype) / norm).to(x.dtype)  # in the model dtype, as the reference: bf16 saved tensors
-        y = (F.linear(x, base.weight) + delta.view(*x.shape[:-1], -1)) * g
-        return y if base.bias is None else y + base.bias
+        delta = LoRAFunction.apply(x2, weight, None, A, B, scaling, flags)
+        g = (m.to(norm.dtype) / norm).to(x.dtype)  # in the compute dtype, as the reference: bf16 saved tensors
+        y = (F.linear(x, weight) + delta.view(*x.shape[:-1], -1)) * g
+        return y if bias is None else y + bias
     flags = (x.requires_grad, A.requires_grad, B.requires_grad, m.requires_grad)
-    y = DoRAFunction.apply(x2, base.weight, base.bias, A, B, m, norm, scaling, flags)
+    y = DoRAFunction.apply(x2, weight, bias, A, B, m, norm, scaling, flags)
     return y.view(*x.shape[:-1], layer.out_features)

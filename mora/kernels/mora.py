@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from . import fused_gemm
-from .common import acc_dtype, finish, finish_grad, functional, pad_cols, pad_square, pad_to, with_base
+from .common import acc_dtype, finish, finish_grad, frozen, functional, pad_cols, pad_square, pad_to, with_base
 from .fused_gemm import fused_mm
 
 # -- column maps shared by sharing and the block kinds --------------------------------------------
@@ -516,34 +516,37 @@ class TruncationFunction(torch.autograd.Function):
 # -- entry point -------------------------------------------------------------------------------------
 
 
-def mora_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
+def mora_forward(layer, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+    """x already in `dtype`; M (or the per-block W_b, built from the fp32 M) is cast to it."""
     from mora.adapters.mora import SHARING_GROUPINGS
 
     kind = layer.config.kind
     M = layer.mora_M
-    base = layer.base
+    weight, bias = frozen(layer.base, dtype)
     x2 = x.reshape(-1, layer.in_features)
     if kind == "sharing":
+        M = M.to(dtype)
         cmode, dmode = SHARING_GROUPINGS[layer.sharing_type]
         geo = (layer.r_hat, layer.pad if cmode == "modulo" else 0, cmode, dmode, pad_to(layer.r_hat))
-        if fused_gemm.gather_on() and fused_gemm.usable(x2, base.weight):  # opt-in, see fused_gemm.py
+        if fused_gemm.gather_on() and fused_gemm.usable(x2, weight):  # opt-in, see fused_gemm.py
             i_dec, i1, i2 = _sharing_indices_cached(layer, geo, x.device)
             y = SharingFusedFunction.apply(
-                x2, base.weight, base.bias, M, geo, (x.requires_grad, M.requires_grad), i_dec, i1, i2
+                x2, weight, bias, M, geo, (x.requires_grad, M.requires_grad), i_dec, i1, i2
             )
             return y.view(*x.shape[:-1], layer.out_features)
-        y = SharingFunction.apply(x2, base.weight, base.bias, M, geo, (x.requires_grad, M.requires_grad))
+        y = SharingFunction.apply(x2, weight, bias, M, geo, (x.requires_grad, M.requires_grad))
     elif kind in ("rotation", "decouple"):
         plan = block_plan(layer)
         if plan is None:
             return None
         used, rotate, rp = plan[6], plan[10], plan[11]
         tables = rope_tables(layer, used, M.device, acc_dtype(M)) if rotate else None
-        Wb = block_weights(M, used, tables)
+        Wb = block_weights(M, used, tables).to(dtype)
         fn = PaddedBlockFunction if rp != layer.r_hat else BlockFunction
-        y = fn.apply(x2, base.weight, base.bias, Wb, plan, (x.requires_grad, Wb.requires_grad))
+        y = fn.apply(x2, weight, bias, Wb, plan, (x.requires_grad, Wb.requires_grad))
     elif kind == "truncation":
-        y = TruncationFunction.apply(x2, base.weight, base.bias, M, (x.requires_grad, M.requires_grad))
+        M = M.to(dtype)
+        y = TruncationFunction.apply(x2, weight, bias, M, (x.requires_grad, M.requires_grad))
     else:
         return None
-    return with_base(y, x, base)
+    return with_base(y, x, weight, bias)
