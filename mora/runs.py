@@ -172,6 +172,18 @@ def _scheme(run: Path) -> int | None:
         return None
 
 
+def stored_config(run: Path) -> dict[str, Any]:
+    """A run's config.json as the current code reads it: method options it has retired are dropped
+    (RETIRED_OPTIONS in mora/adapters/config.py), so a run made before is still named."""
+    from .adapters.config import RETIRED_OPTIONS
+
+    config = read_json(run / CONFIG_NAME)
+    method = config.get("method")
+    if isinstance(method, dict):
+        config["method"] = {k: v for k, v in method.items() if k not in RETIRED_OPTIONS}
+    return config
+
+
 def legacy_runs(runs_dir: str | Path, experiment: str) -> dict[str, Path]:
     """Runs of an experiment stored under an older id scheme, by the id the current scheme gives their
     config.json (runs whose id cannot be computed any more are left out)."""
@@ -180,7 +192,7 @@ def legacy_runs(runs_dir: str | Path, experiment: str) -> dict[str, Path]:
         if _scheme(run) == ID_SCHEME or not (run / METRICS_NAME).is_file() or not (run / CONFIG_NAME).is_file():
             continue
         try:
-            new_id = run_id(read_json(run / CONFIG_NAME))
+            new_id = run_id(stored_config(run))
         except Exception as exc:  # a config the current code rejects: not a run it can name
             log.debug("%s: no current id (%s: %s)", run, type(exc).__name__, exc)
             continue
@@ -205,7 +217,7 @@ def migrate(runs_dir: str | Path, dry_run: bool = False, assume_current: bool = 
             if not (run / CONFIG_NAME).is_file():
                 continue  # not a run directory
             try:
-                config = read_json(run / CONFIG_NAME)
+                config = stored_config(run)
                 identity = run_identity(config)
                 versions = results_versions(config)
             except Exception as exc:

@@ -115,6 +115,7 @@ def old_run_id(config: dict) -> str:
 def write_old_run(store: Path, overrides: list[str], char_acc: float) -> Path:
     """A finished run as the old code stored it: config.json, metrics.json without id scheme or versions."""
     config = OmegaConf.to_container(compose(overrides), resolve=True)
+    config["method"]["fp32"] = False  # an option the old configs had, retired since
     run = store / config["experiment_name"] / old_run_id(config)
     (run / "checkpoints").mkdir(parents=True)
     (run / "config.json").write_text(json.dumps(config))

@@ -28,6 +28,10 @@ DEFAULT_TARGETS: tuple[str, ...] = (
 # run computes: the runs made before are then listed as stale (docs/results_store.md).
 RESULTS_VERSION = 1
 
+# Options earlier versions took and this one does not, with what became of them: a run's stored config
+# that names one is read without it (`mora.runs migrate`), never a config given to train.
+RETIRED_OPTIONS = {"fp32": "adapter weights are always fp32 (docs/precision.md)"}
+
 _REGISTRY: dict[str, type[AdapterConfig]] = {}
 
 
@@ -102,7 +106,7 @@ class AdapterConfig:
 
     def inert_fields(self) -> set[str]:
         """Options that cannot change what this run computes (with no adapter layer, dropout does nothing)."""
-        return set() if self.layer_class is not None else {"dropout", "fp32"}
+        return set() if self.layer_class is not None else {"dropout"}
 
     def identity(self) -> dict[str, Any]:
         """What of this config is a run's identity: every option as validated (aliases resolved,
