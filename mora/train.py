@@ -25,6 +25,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from . import kernels
 from .adapters import AdapterConfig, apply_adapters, config_from_dict, merge_and_unload, save_adapter
 from .evaluate import evaluate_run, wants_evaluation
 from .data.registry import provenance
@@ -44,7 +45,9 @@ from .training.distributed import (
 )
 from .training.finite import stopping_on_nonfinite_loss
 from .training.optim import build_optimizer, build_scheduler
+from .training.precision import check_trainable_precision
 from .training.preemption import STATUS_INTERRUPTED, GracefulStop, RunInterrupted
+from .training.speed import Throughput, compile_backend, compile_blocks
 from .training.wandb_log import WandbLogger
 from .training.zero import gather_full_model
 
@@ -89,6 +92,20 @@ def set_max_steps(train_cfg: DictConfig, rows) -> None:
         raise ValueError("train.epochs needs a dataset of known size; this one streams: set train.max_steps")
     train_cfg.max_steps = int(epochs) * math.ceil(len(rows) / train_cfg.batch_size)
     log.info("%s epochs of %d rows at batch %d: %d steps", epochs, len(rows), train_cfg.batch_size, train_cfg.max_steps)
+
+
+def checkpointing_args(enabled: bool) -> dict[str, Any]:
+    """Activation checkpointing for TrainingArguments, under the name this transformers uses (5.2x
+    renames gradient_checkpointing to activation_checkpointing); non-reentrant, so gradients reach the
+    adapters even though the frozen embeddings' outputs do not require grad."""
+    from dataclasses import fields
+
+    from transformers import TrainingArguments
+
+    name = "activation_checkpointing"
+    if name not in {f.name for f in fields(TrainingArguments)}:
+        name = "gradient_checkpointing"
+    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False}} if enabled else {}
 
 
 def evaluate_after_training(cfg: DictConfig) -> bool:
@@ -157,6 +174,8 @@ def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, Any]:
     model = build(cfg.model.network, tokenizer=tokenizer)
     report = apply_adapters(model, method_cfg)
     log.info("%s", report)
+    check_trainable_precision(model, cfg.train.precision, ds_config)
+    backend = compile_backend(cfg.train.compile)
     train_rows = task.train_dataset()
     set_max_steps(cfg.train, train_rows)
     restarts = method_cfg.restart_options()
@@ -207,7 +226,8 @@ def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, Any]:
         run, metrics, evaluate if evaluator else None, list(cfg.eval.steps), wandb_cb.log_eval if wandb_cb else None
     )
     stopper = GracefulStop()  # SIGTERM / preemption: checkpoint at the end of the step, stop, requeue
-    callbacks = [recorder, stopper] + ([wandb_cb] if wandb_cb else [])
+    # Throughput first: its step timing ends before the recorder evaluates or a checkpoint is written.
+    callbacks = [Throughput(metrics), recorder, stopper] + ([wandb_cb] if wandb_cb else [])
     if restarts:
         callbacks.append(RestartCallback(restarts.merge_every, restarts.optimizer_reset, restarts.optimizer_keep))
     ds_args = init_deepspeed_state() if ds_config is not None else {}
@@ -223,6 +243,9 @@ def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, Any]:
         save_steps=cfg.train.save_every,
         save_total_limit=cfg.train.save_total_limit,
         bf16=cfg.train.precision == "bf16",
+        use_cpu=cfg.train.precision == "bf16" and not torch.cuda.is_available(),  # bf16 autocast on the CPU
+        **checkpointing_args(cfg.train.gradient_checkpointing),
+        include_num_input_tokens_seen="all",
         seed=cfg.seed,
         data_seed=cfg.seed,
         report_to=[],
@@ -249,10 +272,16 @@ def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, Any]:
 
         trainer.remove_callback(PrinterCallback)
         hf_logging.disable_progress_bar()
+    if backend:
+        blocks = compile_blocks(model, backend)
+        log.info("train.compile: %d blocks compiled with %s (the first steps include compilation)", blocks, backend)
+    kernels.reset_counts()
     try:
         with stopper.installed():
             trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         stopper.raise_if_stopped(run.checkpoints)
+        metrics["kernels"] = kernels.path_counts()
+        log.info("adapter paths: %s", kernels.path_counts() or "no adapter layers")
         if ds_config is not None:
             gather_full_model(model, dtypes)  # every process takes part; rank 0 ends with the full model
         if main_process:

@@ -32,6 +32,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..kernels.common import compiling
 from .config import AdapterConfig, RestartOptions, register
 from .layer import AdapterLayer
 
@@ -304,14 +305,18 @@ class MoRALayer(AdapterLayer):
         return y[..., :d] if d <= r_hat else torch.nn.functional.pad(y, (0, d - r_hat))
 
     def _rope(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin per (block, feature), computed in float64 once per device and dtype."""
+        """cos/sin per (block, feature), computed in float64; cached per device and dtype, except while
+        torch.compile traces (a per-layer cache lookup would make every layer a recompile)."""
         key = (device, dtype)
-        if key not in self._rope_tables:
+        if compiling() or key not in self._rope_tables:
             half = self.r_hat // 2
-            inv_freq = ROPE_BASE ** (-torch.arange(half, dtype=torch.float64) * 2 / self.r_hat)
-            angles = torch.outer(torch.arange(self.n_blocks, dtype=torch.float64), inv_freq)
+            inv_freq = ROPE_BASE ** (-torch.arange(half, dtype=torch.float64, device=device) * 2 / self.r_hat)
+            angles = torch.outer(torch.arange(self.n_blocks, dtype=torch.float64, device=device), inv_freq)
             angles = torch.cat([angles, angles], dim=-1)
-            self._rope_tables[key] = (angles.cos().to(device, dtype), angles.sin().to(device, dtype))
+            tables = (angles.cos().to(dtype), angles.sin().to(dtype))
+            if compiling():
+                return tables
+            self._rope_tables[key] = tables
         return self._rope_tables[key]
 
     # -- dense ΔW (gathers, no loop over features) -------------------------------------------------

@@ -1,0 +1,98 @@
+"""What makes a run fast without changing what it computes: compiled blocks, and the measured speed.
+
+`compile_blocks` compiles each repeated block (the decoder layers) rather than the whole model:
+identical blocks share one compiled graph, so a 32-layer model compiles about as fast as one layer,
+and embedding, head and loss stay eager. `Throughput` records seconds per optimizer step, tokens per
+second and peak accelerator memory in metrics.json, timing the steps alone (not evaluations or
+checkpoint writes, which run after it in the callback order).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import TrainerCallback
+
+
+def repeated_blocks(model: nn.Module) -> list[nn.Module]:
+    """The model's blocks as transformers names them (`_no_split_modules`: LlamaDecoderLayer, ...)."""
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    blocks = [m for m in model.modules() if type(m).__name__ in names]
+    if not blocks:
+        raise ValueError(
+            f"train.compile: {type(model).__name__} names no repeated block (_no_split_modules); "
+            "set train.compile=false"
+        )
+    return blocks
+
+
+# Compiled variants one block may need: inputs with and without grad (the first block's come from
+# frozen embeddings) x training / no-grad evaluation x ReMoRA's four groupings, with room to spare.
+RECOMPILE_LIMIT = 32
+
+
+def compile_backend(setting: bool | str) -> str | None:
+    """`train.compile`: false, true (inductor), or a torch.compile backend name (aot_eager: the same
+    tracing and autograd without code generation, for debugging and quick tests)."""
+    if setting is False or setting is None:
+        return None
+    if setting is True:
+        return "inductor"
+    if isinstance(setting, str) and setting in torch._dynamo.list_backends(exclude_tags=()):
+        return setting
+    raise ValueError(
+        f"train.compile must be true, false or a torch.compile backend "
+        f"({', '.join(torch._dynamo.list_backends(exclude_tags=()))}), got {setting!r}"
+    )
+
+
+def compile_blocks(model: nn.Module, backend: str = "inductor") -> int:
+    """torch.compile every block in place (nn.Module.compile); returns how many."""
+    blocks = repeated_blocks(model)
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    for block in blocks:
+        block.compile(backend=backend)
+    return len(blocks)
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+class Throughput(TrainerCallback):
+    """Times optimizer steps after `warmup` of them (compilation and allocator warm-up stay out) and
+    writes `metrics["throughput"]`: steps timed, seconds per step, tokens per second (every token of
+    every micro-batch, padding included: what the accelerator processed) and peak memory in GiB."""
+
+    def __init__(self, metrics: dict[str, Any], warmup: int = 1):
+        self.metrics = metrics
+        self.warmup = warmup
+        self.seen = self.seconds = self.tokens = 0
+        self.begun = self.tokens_at_begin = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        _sync()
+        self.begun, self.tokens_at_begin = time.perf_counter(), state.num_input_tokens_seen
+
+    def on_step_end(self, args, state, control, **kwargs):
+        _sync()
+        self.seen += 1
+        if self.begun is None or self.seen <= self.warmup:
+            return
+        self.seconds += time.perf_counter() - self.begun
+        self.tokens += state.num_input_tokens_seen - self.tokens_at_begin
+        timed = self.seen - self.warmup
+        self.metrics["throughput"] = {
+            "steps_timed": timed,
+            "seconds_per_step": self.seconds / timed,
+            "tokens_per_second": self.tokens / self.seconds if self.seconds else None,
+            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+        }
