@@ -99,5 +99,6 @@ slurm-up:  ## start a one-node Slurm here (slurm/local_cluster.sh; its `env` com
 slurm-down:  ## stop the daemons slurm-up started
 	slurm/local_cluster.sh down
 
-clean:  ## remove the results store and caches (keeps .venv)
-	rm -rf runs .pytest_cache
+clean:  ## remove the results store (runs/), the data and fixture caches (.cache/mora) and Python caches; keeps .venv
+	rm -rf runs .cache/mora .pytest_cache
+	find . -path ./.venv -prune -o -type d -name __pycache__ -exec rm -rf {} +

@@ -1,6 +1,10 @@
 #!/usr/bin/env python
 """Agreement check: the fused adapter paths (mora.kernels) against the reference path, in bf16.
 
+Three layouts: all-bf16 layers; and, as `mora.train` runs them (docs/precision.md), a bf16 base with
+fp32 adapter weights, without autocast ("mixed") and under bf16 autocast ("autocast"), each against
+its own reference path in the same layout as the yardstick.
+
 For every method/kind, many (d, k, r) shapes (LLaMA-2-7B's and odd ones) and token counts, and random
 (nonzero) adapter weights, it compares against the reference path run in float64 on the same device:
 the output, dL/dx and every adapter gradient, as ||t - t64|| / ||t64||. The bf16 reference path's own
@@ -81,14 +85,15 @@ def _build(opts, d, k, r, bias, device, seed):
     return layer
 
 
-def _run(layer, x, gy, mode, functional=False, triton=False):
+def _run(layer, x, gy, mode, functional=False, triton=False, autocast=False):
     layer.zero_grad(set_to_none=True)
     x = x.detach().clone().requires_grad_(True)
     before = kernels.fused_calls()
     launched = fused_gemm.launches[0]
     with fast_path(mode), force_functional(functional), fused_gemm.enabled(triton, gather=triton):
-        y = layer(x)
-        y.backward(gy)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):  # forward only, as the Trainer
+            y = layer(x)
+        y.backward(gy.to(y.dtype))
     took = kernels.fused_calls() - before
     if triton and fused_gemm.launches[0] == launched:
         took = -1  # the Triton GEMM does not apply here (shape, device or kind)
@@ -97,6 +102,15 @@ def _run(layer, x, gy, mode, functional=False, triton=False):
         if p.requires_grad:
             tensors[f"grad_{name}"] = p.grad
     return tensors, took
+
+
+def _mixed(layer64, dtype):
+    """The layer as mora.train holds it: the frozen base in `dtype`, the adapter weights in fp32."""
+    layer = copy.deepcopy(layer64)
+    layer.base.to(dtype)
+    for _, p in layer.adapter_parameters():
+        p.data = p.data.float()
+    return layer
 
 
 def _rel(a, b):
@@ -147,7 +161,19 @@ def run_check(device: str = "cuda", quick: bool = False, compile_cases: bool = F
             if not ok or (d, k) in LLAMA_SHAPES:
                 log(f"{label:<16}{d:>6}{k:>6}{r:>5}{int(bias):>5} {tag:<12}{key:<18}{err:>10.2e}{base:>10.2e}  "
                     f"{'yes' if ok else 'NO'}{'' if took else ' (fused path not taken)'}")
-        del layer64, layer16
+        mixed = _mixed(layer64, dtype)
+        for tag, autocast in (("mixed", False), ("autocast", True)):
+            ref_mixed, _ = _run(mixed, x.to(dtype), gy, "off", autocast=autocast)
+            got, took = _run(mixed, x.to(dtype), gy, "always", autocast=autocast)
+            ok, (key, err, base, _) = _compare(got, ref, ref_mixed)
+            ok = ok and took == 1 and all(t.dtype == torch.float32 for n, t in got.items() if n.startswith("grad_") and n != "grad_x")
+            all_ok &= ok
+            count += 1
+            summary.setdefault(f"{label}+{tag}", []).append((err, base, ok))
+            if not ok or (d, k) in LLAMA_SHAPES:
+                log(f"{label:<16}{d:>6}{k:>6}{r:>5}{int(bias):>5} {tag:<12}{key:<18}{err:>10.2e}{base:>10.2e}  "
+                    f"{'yes' if ok else 'NO'}{'' if took else ' (fused path not taken)'}")
+        del layer64, layer16, mixed
     if compile_cases and device == "cuda":
         # (1000, 300): the cuBLAS formulations (300 is no multiple of 8); (1000, 304): the Triton GEMM
         compiled_cases = [(c, 1000, 300) for c in METHODS[:3] + METHODS[6:7] + METHODS[8:9]]

@@ -9,7 +9,7 @@ right after training when the benchmark says `after_training: true`.
 
 Written into the run directory: `lm_eval/<suite>.json` (lm-eval's results JSON), `spectrum.json`, and
 in `metrics.json`: `scores` (headline numbers, in percent for accuracies: what the tables read),
-`benchmarks` (per suite: tasks, shots, limit, file) and `spectrum` (the per-module-type means). A
+`benchmarks` (per suite: tasks, shots, limit, scoring mode, file) and `spectrum` (the per-module-type means). A
 suite already scored with the same settings is not scored again (`benchmark.force=true` redoes it).
 """
 
@@ -24,7 +24,10 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from .builders import build, check_targets
 from .runs import CONFIG_NAME, STATUS_COMPLETED, RunDir, read_json, write_json_atomic
+from .safe_load import weights_only
+from .schema import check_config, set_or_add_overrides
 
 log = logging.getLogger("mora")
 LM_EVAL_DIR = "lm_eval"
@@ -53,7 +56,10 @@ def load_model(run_path: Path, run_config: dict, which: str = "merged", dtype: s
         if not (merged / "config.json").is_file():
             raise ValueError(f"{merged} holds no saved model; the run did not finish (see {run_path / 'metrics.json'})")
         kwargs = {"dtype": dtype} if dtype else {}
-        return AutoModelForCausalLM.from_pretrained(merged, **kwargs), AutoTokenizer.from_pretrained(merged)
+        with weights_only():  # a stored model is data: safetensors or weights-only pickles, no code of its own
+            model = AutoModelForCausalLM.from_pretrained(merged, trust_remote_code=False, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(merged, trust_remote_code=False)
+        return model, tokenizer
     if which != "adapter":
         raise ValueError(f"benchmark.model must be merged or adapter, got {which!r}")
     from .adapters import load_adapter
@@ -61,24 +67,25 @@ def load_model(run_path: Path, run_config: dict, which: str = "merged", dtype: s
     if not (run_path / "adapter").is_dir():
         method = run_config.get("method", {}).get("method")
         raise ValueError(f"{run_path} has no adapter/ (method {method} trains the whole model): use benchmark.model=merged")
-    model, tokenizer = rebuild_base(run_config)
+    model, tokenizer = rebuild_base(run_config, f"run {run_path}")
     load_adapter(model, run_path / "adapter")
     return model, tokenizer
 
 
-def rebuild_base(run_config: dict):
+def rebuild_base(run_config: dict, origin: str = "the run's config"):
     """(model, tokenizer) before training, built as train.py builds them: seed, tokenizer, data task,
-    evaluator, network, in that order, so a random initialisation comes out the same."""
-    from hydra.utils import instantiate
+    evaluator, network, in that order, so a random initialisation comes out the same. The whole config
+    is checked first: a foreign target anywhere stops it before any builder runs."""
     from transformers import set_seed
 
+    check_targets(run_config, origin)
     cfg = OmegaConf.create(run_config)
     set_seed(cfg.seed)
-    tokenizer = instantiate(cfg.model.tokenizer)
-    instantiate(cfg.data.builder, tokenizer=tokenizer)
+    tokenizer = build(cfg, "model.tokenizer", origin)
+    build(cfg, "data.builder", origin, tokenizer=tokenizer)
     if cfg.eval.get("metric"):
-        instantiate(cfg.eval.metric)
-    return instantiate(cfg.model.network, tokenizer=tokenizer), tokenizer
+        build(cfg, "eval.metric", origin)
+    return build(cfg, "model.network", origin, tokenizer=tokenizer), tokenizer
 
 
 def initial_weights(run_path: Path, run_config: dict) -> dict[str, torch.Tensor]:
@@ -91,7 +98,7 @@ def initial_weights(run_path: Path, run_config: dict) -> dict[str, torch.Tensor]
     if snapshot.is_file():
         return load_snapshot(snapshot)
     log.warning("%s has no %s: rebuilding the initial weights from the config and seed", run_path, SNAPSHOT_NAME)
-    model, _ = rebuild_base(run_config)
+    model, _ = rebuild_base(run_config, f"run {run_path}")
     return {name: w.detach().to("cpu") for name, w in projection_weights(model).items()}
 
 
@@ -103,6 +110,7 @@ def _suite_key(suite: dict, bench: dict) -> dict:
         "limit": bench.get("limit"),
         "gen_kwargs": bench.get("gen_kwargs"),
         "model": bench.get("model", "merged"),
+        "scoring": bench.get("scoring", "paper"),
     }
 
 
@@ -115,7 +123,7 @@ def evaluate_run(
     """Score the finished run in `run_path` on `bench` (a conf/benchmark config); returns the updated
     metrics. Each finished piece is written to metrics.json at once, so an interrupted evaluation
     keeps what it has."""
-    from .evaluation.harness import EVAL_DIR, Suite, headline, run_suite
+    from .evaluation.harness import EVAL_DIR, SCORING_MODES, Suite, headline, run_suite
 
     run_path = Path(run_path)
     bench = _as_dict(bench)
@@ -126,7 +134,10 @@ def evaluate_run(
     if metrics.get("status") != STATUS_COMPLETED:
         raise ValueError(f"run {run_path} is {metrics.get('status')!r}, not completed; finish training it first")
     run_config = run_config if run_config is not None else read_json(run_path / CONFIG_NAME)
+    check_targets(run_config, f"run {run_path}")  # the store is data: a foreign builder anywhere stops here
     suites = {name: Suite.from_dict(name, spec) for name, spec in (bench.get("suites") or {}).items()}
+    if bench.get("scoring", "paper") not in SCORING_MODES:
+        raise ValueError(f"benchmark.scoring must be one of {SCORING_MODES}, got {bench.get('scoring')!r}")
     force = bool(bench.get("force"))
     done = metrics.setdefault("benchmarks", {})
     todo = [s for s in suites.values() if force or done.get(s.name, {}).get("key") != _suite_key(bench["suites"][s.name], bench)]
@@ -136,6 +147,8 @@ def evaluate_run(
         force or have_threshold is None or (wanted_threshold is not None and float(wanted_threshold) != have_threshold)
     )
     need_ppl = bool(bench.get("perplexity")) and (force or "perplexity" not in metrics.get("scores", {}))
+    _say_cached(run_path.name, metrics, [s.name for s in suites.values() if s not in todo],
+                bool(bench.get("perplexity")) and not need_ppl, bool(bench.get("spectrum")) and not need_spectrum)
     if not (todo or need_spectrum or need_ppl):
         return metrics
 
@@ -166,6 +179,7 @@ def evaluate_run(
             limit=bench.get("limit"),
             gen_kwargs=bench.get("gen_kwargs"),
             max_length=bench.get("max_length"),
+            scoring=bench.get("scoring", "paper"),
         )
         out = run_path / LM_EVAL_DIR / f"{suite.name}.json"
         write_json_atomic(out, results)
@@ -175,6 +189,7 @@ def evaluate_run(
         done[suite.name] = {
             "key": _suite_key(bench["suites"][suite.name], bench),
             "file": str(out.relative_to(run_path)),
+            "scoring": bench.get("scoring", "paper"),
             "lm_eval_version": results.get("lm_eval_version"),
             "versions": results.get("versions", {}),
             "n_samples": {t: v.get("effective", v.get("original")) for t, v in results.get("n-samples", {}).items()},
@@ -184,13 +199,11 @@ def evaluate_run(
         save()
 
     if need_ppl:
-        from hydra.utils import instantiate
-
         from .evaluation.perplexity import Perplexity
 
         options = bench["perplexity"] if isinstance(bench["perplexity"], dict) else {}
-        cfg = OmegaConf.create(run_config)
-        task = instantiate(cfg.data.builder, tokenizer=instantiate(cfg.model.tokenizer))
+        origin = f"run {run_path}"
+        task = build(run_config, "data.builder", origin, tokenizer=build(run_config, "model.tokenizer", origin))
         values = Perplexity(**options)(model, tokenizer, task)
         scores.update(values)
         new_scores.update(values)
@@ -213,6 +226,20 @@ def evaluate_run(
     return metrics
 
 
+def _say_cached(run_name: str, metrics: dict, suites: list[str], perplexity: bool, spectrum: bool) -> None:
+    """One line per score that is not computed again: it was, with the same settings, and is read back."""
+    scores = metrics.get("scores", {})
+    cached = {name: metrics["benchmarks"][name].get("scores", {}) for name in suites}
+    if perplexity:
+        cached["perplexity"] = {"perplexity": scores["perplexity"]}
+    if spectrum:
+        cached["spectrum"] = {f"spectrum/{k}": v for k, v in metrics["spectrum"]["by_type"].items()}
+    for name, values in cached.items():
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in values.items())
+        log.info("run %s: %s is cached (scored before with these settings): %s; benchmark.force=true scores it again",
+                 run_name, name, shown)
+
+
 def find_run(cfg: DictConfig) -> tuple[Path, dict]:
     """The run directory `cfg` names: benchmark.run_dir, or the run id of the composed config."""
     given = cfg.benchmark.get("run_dir")
@@ -232,6 +259,7 @@ def find_run(cfg: DictConfig) -> tuple[Path, dict]:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    check_config(cfg)
     if not wants_evaluation(cfg.benchmark):
         raise ValueError("benchmark has nothing to run (no suites, perplexity or spectrum): pick one, e.g. benchmark=mmlu_dev")
     path, config = find_run(cfg)
@@ -247,7 +275,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     torch.set_num_threads(int(cfg.threads) if cfg.get("threads") else torch.get_num_threads())
     try:
         metrics = evaluate(cfg)
@@ -256,6 +284,12 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
     for name, value in sorted(metrics.get("scores", {}).items()):
         print(f"{name}: {value:.4g}")
+
+
+def main() -> None:
+    """`python -m mora.evaluate`: a misspelt key reaches check_config (mora.schema) to be named."""
+    sys.argv = set_or_add_overrides(sys.argv)
+    hydra_main()
 
 
 if __name__ == "__main__":

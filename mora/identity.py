@@ -17,6 +17,7 @@ its version when a change alters what it computes, and a run recorded under an o
 from __future__ import annotations
 
 import functools
+import glob
 import hashlib
 import importlib
 import inspect
@@ -67,30 +68,45 @@ def canonical(value: Any) -> Any:
 
 
 def locate(target: str) -> Any:
-    """The object a `_target_` names."""
+    """The builder a `_target_` names: only this project's builders (mora/builders.py) are imported, so
+    reading a stored config's id never runs code the config names."""
+    from .builders import BUILDERS, RefusedTarget
+
+    if target not in BUILDERS:
+        raise RefusedTarget(f"_target_ {target!r} is not one of this project's builders (mora/builders.py); refused")
     module, _, name = str(target).rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        raise ValueError(f"_target_ {target!r} cannot be imported; fix the config's _target_") from None
+    return getattr(importlib.import_module(module), name)
+
+
+def _local_content(value: Any, cache_dir: str | None) -> Any:
+    """The content of what a location option names when it is local (a directory, a file, a glob or a
+    list of them); None when it names nothing here (a hub id)."""
+    from .fingerprint import content_fingerprint, directory_fingerprint
+
+    patterns = [value] if isinstance(value, str) else value if isinstance(value, (list, tuple)) else []
+    if not patterns or not all(isinstance(p, str) for p in patterns):
+        return None
+    if len(patterns) == 1 and Path(patterns[0]).is_dir():
+        return directory_fingerprint(patterns[0], cache_dir)
+    files = sorted({Path(f) for p in patterns for f in glob.glob(p) if Path(f).is_file()})
+    return content_fingerprint(files, cache_dir) if files else None
 
 
 def target_identity(node: dict[str, Any], cache_dir: str | None) -> dict[str, Any]:
-    """A `_target_` node with the builder's defaults filled in, less the options it declares inert
-    (`inert_options`); an option its module lists in `LOCATION_OPTIONS` (a hub id or a local
-    directory) enters by content when it names a local path."""
+    """A `_target_` node with the builder's defaults filled in, less the options it declares inert (its
+    `inert_options`, else its module's `INERT_OPTIONS`); an option its module lists in
+    `LOCATION_OPTIONS` (a hub id, a local directory, files) enters by content when it names local files."""
     builder = locate(node["_target_"])
+    module = inspect.getmodule(builder)
     params = inspect.signature(builder).parameters.values()
     defaults = {p.name: p.default for p in params if p.default is not p.empty and p.kind is not p.VAR_KEYWORD}
     out = {**defaults, **node}
-    for name in getattr(builder, "inert_options", ()):
+    for name in getattr(builder, "inert_options", getattr(module, "INERT_OPTIONS", ())):
         out.pop(name, None)
-    for name in getattr(inspect.getmodule(builder), "LOCATION_OPTIONS", ()):
-        if isinstance(out.get(name), str) and Path(out[name]).exists():
-            from .fingerprint import directory_fingerprint, file_digest
-
-            where = Path(out[name])
-            out[name] = {"content": directory_fingerprint(where, cache_dir) if where.is_dir() else file_digest(where, cache_dir)}
+    for name in getattr(module, "LOCATION_OPTIONS", ()):
+        content = _local_content(out.get(name), cache_dir)
+        if content is not None:
+            out[name] = {"content": content}
     return out
 
 

@@ -133,9 +133,9 @@ def expand(spec_path: str | Path, sections: list[str], runs_dir: str | Path, ext
 
 def check_cells(cells: list[Cell], where: Path, conf_dir: Path = CONF_DIR) -> None:
     """What `mora.train` would reject before training, checked for every cell before anything runs:
-    the method's options (unknown method, kind, option; bad values) and the batch arithmetic. Configs
-    are composed once per set of config-group choices; plain values (method.r=8) are applied to a
-    copy, as Hydra applies them."""
+    the method's options (unknown method, kind, option; bad values), the batch arithmetic and every
+    key (mora.schema). Configs are composed once per set of config-group choices; plain values
+    (method.r=8) are applied to a copy, as Hydra applies them."""
     import copy
 
     from hydra import compose, initialize_config_dir
@@ -144,6 +144,7 @@ def check_cells(cells: list[Cell], where: Path, conf_dir: Path = CONF_DIR) -> No
     from omegaconf import OmegaConf
 
     from .adapters import config_from_dict
+    from .schema import check_config
 
     parser = OverridesParser.create()
     composed: dict[tuple[str, ...], Any] = {}
@@ -170,6 +171,7 @@ def check_cells(cells: list[Cell], where: Path, conf_dir: Path = CONF_DIR) -> No
                 if train["batch_size"] % train["micro_batch_size"]:
                     raise ValueError(f"train.batch_size={train['batch_size']} is not a multiple of "
                                      f"train.micro_batch_size={train['micro_batch_size']}")
+                check_config(cfg)
             except Exception as exc:
                 raise ValueError(
                     f"{where}: cell {cell.label!r} ({' '.join(cell.overrides)}) is not a valid run: "

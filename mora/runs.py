@@ -5,7 +5,9 @@ checkpoints, `metrics.json` (every eval point with its step, the loss curve, the
 results versions and git commit of the code that made it) and the log. The id is the hash of the
 validated, normalised run and of nothing about where or how fast it is computed (mora/identity.py,
 docs/results_store.md), so asking again for the same run, on any machine, finds it.
-Every write is atomic (temp file + rename): a crash never leaves a half-written metrics file. Runs of
+Every write is atomic (temp file + rename): a crash never leaves a half-written metrics file. Files get
+the mode a plain `open()` would give them under the process's umask (0644 under umask 022), so
+teammates on a shared store can read them. Runs of
 one grid write into their own directories, so array tasks running at once never share a file; a
 process training a run holds its lock, so a second process asked for the same run refuses to start.
 
@@ -43,10 +45,29 @@ STATUS_RUNNING, STATUS_COMPLETED, STATUS_FAILED = "running", "completed", "faile
 OLD_SCHEME = "old id scheme: stale"
 
 
+def umask_mode() -> int:
+    """The mode `open()` gives a new file: 0o666 less the process's umask."""
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def share_files(*paths: Path) -> None:
+    """Give each file (and every file under each directory) of `paths` the mode of umask_mode().
+    mkstemp, safetensors and the Trainer's checkpoints create files 0600 whatever the umask."""
+    mode = umask_mode()
+    for path in map(Path, paths):
+        files = path.rglob("*") if path.is_dir() else [path]
+        for file in files:
+            if file.is_file() and not file.is_symlink():
+                file.chmod(mode)
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, umask_mode())
         with os.fdopen(fd, "w") as handle:
             json.dump(data, handle, indent=2, sort_keys=True, default=str)
             handle.flush()

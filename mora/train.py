@@ -20,18 +20,19 @@ from typing import Any
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from . import kernels
 from .adapters import AdapterConfig, apply_adapters, config_from_dict, merge_and_unload, save_adapter
+from .builders import build, check_targets
 from .evaluate import evaluate_run, wants_evaluation
 from .data.registry import provenance
 from .evaluation.spectrum import SNAPSHOT_NAME, save_snapshot
 from .identity import code_version
-from .runs import STATUS_COMPLETED, STATUS_FAILED, RunDir
+from .runs import CONFIG_NAME, STATUS_COMPLETED, STATUS_FAILED, RunDir, read_json, share_files
+from .safe_load import check_checkpoint, weights_only
+from .schema import check_config, set_or_add_overrides
 from .training.callbacks import RestartCallback, RunRecorder, discard_torn_checkpoints, last_complete_checkpoint
 from .training.distributed import (
     check_deepspeed_config,
@@ -39,6 +40,7 @@ from .training.distributed import (
     init_deepspeed_state,
     is_main_process,
     keeping_optimizer,
+    quiet_unused_deepspeed,
     shutdown,
     strip_launcher_args,
     world_size,
@@ -46,7 +48,7 @@ from .training.distributed import (
 from .training.finite import stopping_on_nonfinite_loss
 from .training.optim import build_optimizer, build_scheduler
 from .training.precision import check_trainable_precision
-from .training.preemption import STATUS_INTERRUPTED, GracefulStop, RunInterrupted
+from .training.preemption import EXIT_CTRL_C, STATUS_INTERRUPTED, GracefulStop, RunInterrupted
 from .training.speed import Throughput, compile_backend, compile_blocks
 from .training.wandb_log import WandbLogger
 from .training.zero import gather_full_model
@@ -114,16 +116,17 @@ def evaluate_after_training(cfg: DictConfig) -> bool:
     return bool(bench) and bool(bench.get("after_training")) and wants_evaluation(bench)
 
 
-def build(node: DictConfig, **kwargs: Any) -> Any:
-    """`instantiate`, except that a builder's own ValueError (a missing data file, an unknown option)
-    comes out as itself rather than wrapped in Hydra's InstantiationException, so the CLI reports it
-    as the one-line error it is (exit status 2)."""
+def import_trainer() -> type:
+    """transformers' Trainer, imported with WANDB_MODE hidden: with WANDB_MODE=offline (the Makefile's
+    and CI's setting) transformers prints "[INFO] Running in WANDB offline mode" when it imports its
+    integrations, whatever the run logs to. conf/logger/wandb.yaml reads the variable itself."""
+    mode = os.environ.pop("WANDB_MODE", None)
     try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as exc:
-        if isinstance(exc.__cause__, ValueError):
-            raise exc.__cause__ from None
-        raise
+        from transformers import Trainer
+    finally:
+        if mode is not None:
+            os.environ["WANDB_MODE"] = mode
+    return Trainer
 
 
 def _attach_log_file(path: Path) -> logging.Handler:
@@ -149,29 +152,35 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, Any]:
-    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers import TrainingArguments, set_seed
 
+    check_config(cfg)
     container = OmegaConf.to_container(cfg, resolve=True)
     method_cfg: AdapterConfig = config_from_dict(container["method"])
     run = RunDir(cfg.paths.runs_dir, cfg.experiment_name, container)
+    if (run.path / CONFIG_NAME).is_file():  # a relaunch: the store's record of the run is data, checked
+        check_targets(read_json(run.path / CONFIG_NAME), f"run {run.path}")
     stale = run.stale()  # recorded by other code: trained afresh, the old record moved aside
     if run.finished and not stale:
         log.info("run %s is already finished (%s): skipping it", run.id, run.path)
         if evaluate_after_training(cfg):
             evaluate_run(run.path, cfg.benchmark, container)
         return run.metrics()
+    Trainer = import_trainer()
     accumulation = grad_accumulation(cfg.train)
     ds_config = container["train"].get("deepspeed")
     if ds_config is not None:
         check_deepspeed_config(ds_config, cfg.train, world_size(), accumulation)
         ensure_single_process_env()
+    else:
+        quiet_unused_deepspeed()
     main_process = is_main_process()  # with several processes only rank 0 writes the run's record
 
     set_seed(cfg.seed)
-    tokenizer = build(cfg.model.tokenizer)
-    task = build(cfg.data.builder, tokenizer=tokenizer)
-    evaluator = build(cfg.eval.metric) if cfg.eval.metric else None
-    model = build(cfg.model.network, tokenizer=tokenizer)
+    tokenizer = build(cfg, "model.tokenizer")
+    task = build(cfg, "data.builder", tokenizer=tokenizer)
+    evaluator = build(cfg, "eval.metric") if cfg.eval.metric else None
+    model = build(cfg, "model.network", tokenizer=tokenizer)
     report = apply_adapters(model, method_cfg)
     log.info("%s", report)
     check_trainable_precision(model, cfg.train.precision, ds_config)
@@ -179,6 +188,8 @@ def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, Any]:
     train_rows = task.train_dataset()
     set_max_steps(cfg.train, train_rows)
     restarts = method_cfg.restart_options()
+    if ds_config is None and torch.cuda.is_available():  # where the Trainer would put it; lets AdamW fuse
+        model.to(torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))))
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(
         optimizer, cfg.train, restarts.merge_every if restarts else 0, restarts.rewarm_steps if restarts else 0
@@ -197,9 +208,12 @@ def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, Any]:
     handler = _attach_log_file(run.path / "train.log") if main_process else None
     if main_process and cfg.benchmark.get("spectrum") and not (run.path / SNAPSHOT_NAME).is_file():
         save_snapshot(model, run.path / SNAPSHOT_NAME)  # ΔW = final - these, for the spectrum
+        share_files(run.path / SNAPSHOT_NAME)
     if main_process:
         discard_torn_checkpoints(run.checkpoints)  # left by a process killed while writing them
     resume = None if stale else last_complete_checkpoint(run.checkpoints)
+    if resume:
+        check_checkpoint(resume, f"run {run.path}")
     previous = (run.metrics() or {}) if resume else {}
     metrics: dict[str, Any] = {
         "experiment": cfg.experiment_name,
@@ -225,7 +239,7 @@ def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, Any]:
     recorder = RunRecorder(
         run, metrics, evaluate if evaluator else None, list(cfg.eval.steps), wandb_cb.log_eval if wandb_cb else None
     )
-    stopper = GracefulStop()  # SIGTERM / preemption: checkpoint at the end of the step, stop, requeue
+    stopper = GracefulStop()  # SIGTERM / preemption / Ctrl-C: checkpoint at the end of the step, stop
     # Throughput first: its step timing ends before the recorder evaluates or a checkpoint is written.
     callbacks = [Throughput(metrics), recorder, stopper] + ([wandb_cb] if wandb_cb else [])
     if restarts:
@@ -277,21 +291,24 @@ def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, Any]:
         log.info("train.compile: %d blocks compiled with %s (the first steps include compilation)", blocks, backend)
     kernels.reset_counts()
     try:
-        with stopper.installed():
+        with stopper.installed(), weights_only():
             trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         stopper.raise_if_stopped(run.checkpoints)
         metrics["kernels"] = kernels.path_counts()
         log.info("adapter paths: %s", kernels.path_counts() or "no adapter layers")
         if ds_config is not None:
             gather_full_model(model, dtypes)  # every process takes part; rank 0 ends with the full model
-        if main_process:
+        if main_process and cfg.train.save_model:
             if method_cfg.layer_class is not None:
                 save_adapter(model, run.path / "adapter")
             merged = merge_and_unload(model)
             merged.save_pretrained(run.path / "merged")
             tokenizer.save_pretrained(run.path / "merged")
+            share_files(run.path / "adapter", run.path / "merged")
     except BaseException as exc:
-        status = STATUS_INTERRUPTED if isinstance(exc, RunInterrupted) else STATUS_FAILED
+        status = STATUS_INTERRUPTED if isinstance(exc, (RunInterrupted, KeyboardInterrupt)) else STATUS_FAILED
+        if isinstance(exc, KeyboardInterrupt) and main_process:
+            discard_torn_checkpoints(run.checkpoints)  # the one a second Ctrl-C cut short, if it did
         recorder.finish(status, error=f"{type(exc).__name__}: {exc}")
         log.error("run %s %s: %s: %s", run.id, status, type(exc).__name__, exc)
         _detach_log_file(handler)
@@ -323,8 +340,14 @@ def hydra_main(cfg: DictConfig) -> None:
     try:
         train(cfg)
     except RunInterrupted as exc:
-        log.warning("run interrupted: %s; launched again, it resumes from there", exc)
-        exc.exit()  # exit status 75 (slurm/array.sbatch requeues), or submitit's requeue
+        if exc.by_user:
+            log.warning("to resume, run the same command again: it picks up from %s", Path(exc.checkpoint).name)
+        else:
+            log.warning("run interrupted: %s; launched again, it resumes from there", exc)
+        exc.exit()  # exit status 75 (slurm/array.sbatch requeues), or submitit's requeue; 130 after Ctrl-C
+    except KeyboardInterrupt:
+        log.warning("stopped by Ctrl-C; to resume, run the same command again: it picks up from the last complete checkpoint")
+        sys.exit(EXIT_CTRL_C)
     except ValueError as exc:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # a multirun records the job as failed and goes on with the others
@@ -334,8 +357,9 @@ def hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """`python -m mora.train` / `mora-train`, alone or under torchrun / the deepspeed launcher: the
-    launcher's own `--local_rank=N` is taken off the command line so only Hydra overrides reach Hydra."""
-    sys.argv = strip_launcher_args(sys.argv)
+    launcher's own `--local_rank=N` is taken off the command line so only Hydra overrides reach Hydra,
+    and a misspelt key reaches check_config (mora.schema) to be named."""
+    sys.argv = set_or_add_overrides(strip_launcher_args(sys.argv))
     try:
         hydra_main()
     finally:

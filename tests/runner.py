@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +51,16 @@ def run_cli(runs_dir: Path, *overrides: str, tiny: bool = True, **popen) -> subp
 
 def metrics_files(runs_dir: Path) -> list[Path]:
     return sorted(Path(runs_dir).rglob("metrics.json"))
+
+
+def wait_for(predicate, timeout: float) -> bool:
+    """Poll `predicate` until it holds (True) or `timeout` seconds pass (False)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
 
 
 def current_record(overrides: list[str]) -> dict:

@@ -7,6 +7,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from mora.adapters import apply_adapters, config_from_dict
+from mora.schema import check_config, set_or_add_overrides
 from runner import ROOT, compose
 
 GROUPS = ["model", "method", "data", "train", "eval", "logger", "experiment"]
@@ -17,11 +18,37 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS + ["benchmark"] for o in options(g) if o != "_base"])
 def test_every_option_composes(group, option):
     cfg = compose([f"{group}={option}"])
     assert OmegaConf.to_container(cfg, resolve=True)
     assert cfg.model.name and cfg.method.method and cfg.data.name
+    check_config(cfg)  # every key conf/ sets is one the code reads (mora.schema)
+
+
+def test_schema_comes_from_the_defaults_and_the_builders_signatures():
+    # hub_tokenizer and pretrained take **kwargs (passed on to from_pretrained): any key is theirs
+    check_config(compose(["model=llama2_7b", "+model.tokenizer.revision=main", "+model.network.attn_implementation=eager"]))
+    with pytest.raises(ValueError, match=r"model.network.nam_or_path \(did you mean model.network.name_or_path\?\)"):
+        check_config(compose(["model=llama2_7b", "+model.network.nam_or_path=x"]))
+    # llama_from_config has no **kwargs: a key it does not take is refused
+    with pytest.raises(ValueError, match=r"model.network.hidden \(did you mean model.network.hidden_size\?\)"):
+        check_config(compose(["+model.network.hidden=8"]))
+    # train.deepspeed's default is null, not a mapping: its content is DeepSpeed's to check
+    check_config(compose(["train/deepspeed=zero2", "+train.deepspeed.zero_optimization.round_robin_gradients=true"]))
+    # the mapping under a benchmark suite is validated by the suite itself (mora.evaluation.harness)
+    check_config(compose(["benchmark=mmlu_dev", "+benchmark.suites.extra={tasks: [mmlu_dev]}"]))
+    # a node that must be built needs its _target_
+    with pytest.raises(ValueError, match=r"eval.metric has no _target_"):
+        check_config(compose(["eval=none", "+eval.metric={batch_size: 4}"]))
+
+
+def test_cli_overrides_reach_the_schema_as_set_or_add():
+    argv = ["mora.train", "train.lrr=1e-3", "method=mora", "method.r=8", "+train.x=1", "~eval.metric", "-m",
+            "hydra.run.dir=.", "train/deepspeed=zero2", "seed=3", "model.network.hidden_size=8,16"]
+    assert set_or_add_overrides(argv) == [
+        "mora.train", "++train.lrr=1e-3", "method=mora", "++method.r=8", "+train.x=1", "~eval.metric", "-m",
+        "hydra.run.dir=.", "train/deepspeed=zero2", "seed=3", "++model.network.hidden_size=8,16"]
 
 
 @pytest.mark.parametrize("method", options("method"))

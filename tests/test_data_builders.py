@@ -13,6 +13,7 @@ from mora.data.adaptllm import MINERS, mine, reading_comprehension
 from mora.data.collate import IGNORE_INDEX
 from mora.data.fixtures import news_rows, pubmed_rows, tulu_rows, write_fixtures
 from mora.data.rows import PackedRows, StreamingPackedRows, permutation
+from mora.data.sources import Source, buffer_shuffle
 from mora.models import char_tokenizer
 
 ALPACA = (
@@ -112,6 +113,37 @@ def test_metamath_alpaca_prompt_and_response_only_loss(tmp_path, tok, bpe):
     assert bpe.decode(loss_ids) == MATH["response"] + "</s>"
 
 
+ALPACA_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n### Instruction:\n"
+)
+# A MetaMathQA GSM_FOBAR row in the hub's schema (invented content): the backward question is on a
+# second line, which MetaMath's training code passes as the Alpaca input.
+FOBAR = {
+    "type": "GSM_FOBAR",
+    "query": "Tom reads x pages a day for 3 days. How many pages does he read?\n"
+    "If we know the answer to the above question is 12, what is the value of unknown variable x?",
+    "original_question": "Tom reads 4 pages a day for 3 days. How many pages does he read?",
+    "response": "Tom reads 3 * x = 12 pages, so x = 4.\nThe answer is: 4",
+}
+
+
+def test_a_multi_line_metamath_query_renders_with_the_input_template(tmp_path, tok):
+    path = tmp_path / "math.json"
+    path.write_text(json.dumps([FOBAR, MATH]))
+    task = build("metamath", tok, path, tmp_path / "cache")
+    instruction, rest = FOBAR["query"].split("\n", 1)
+    prompt = ALPACA_INPUT + instruction + "\n\n### Input:\n" + rest + "\n\n### Response:"
+    assert task.render(FOBAR)[0] == prompt + FOBAR["response"] + "</s>"
+    assert task.render(MATH)[0].startswith(ALPACA + MATH["query"] + "\n\n### Response:")  # one line: no input
+    two = {"query": "Line one\nline two\nline three", "response": "r"}
+    assert "### Instruction:\nLine one\n\n### Input:\nline two\nline three\n\n### Response:r</s>" in task.render(two)[0]
+    assert task.render({"query": "Ends with a new line\n", "response": "r"})[0].startswith(ALPACA)  # empty input
+    rows = [marked(tok, r) for r in build("metamath", tok, path, tmp_path / "cache", seed=0).train_dataset()]
+    fobar = next(r for r in rows if "".join(t for t, _ in r).count("### Input:") == 1)
+    assert fobar == char_marks(("<s>" + prompt, False), (FOBAR["response"] + "</s>", True))
+
+
 def test_truncation_keeps_the_head_and_drops_examples_without_loss(tmp_path, tok):
     late = {"messages": [{"role": "user", "content": "x" * 100}, {"role": "assistant", "content": "late"}]}
     source = write_jsonl(tmp_path / "chat.jsonl", [CHAT, late])
@@ -173,6 +205,65 @@ def test_text_files_hold_out_the_tail_of_each_file(tmp_path, tok):
         build("c4", tok, tmp_path / "txt", tmp_path / "cache").validation_dataset()
 
 
+def _compress(path, text: str, kind: str):
+    import gzip
+
+    import zstandard
+
+    data = text.encode()
+    path.write_bytes(gzip.compress(data) if kind == "gz" else zstandard.ZstdCompressor().compress(data))
+    return path
+
+
+def test_compressed_local_files_read_as_their_plain_form(tmp_path, tok):
+    """.jsonl.zst (PubMed on the hub), .jsonl.gz and .json.gz give the rows, and the tokens, of the
+    uncompressed file."""
+    rows = pubmed_rows(5)
+    lines = "".join(json.dumps(r) + "\n" for r in rows)
+    plain = build("biomed_cpt", tok, write_jsonl(tmp_path / "plain.jsonl", rows), tmp_path / "cache", max_length=64)
+    expected = [r["input_ids"] for r in plain.train_dataset()]
+    for name, text, kind in (("a.jsonl.zst", lines, "zst"), ("b.jsonl.gz", lines, "gz"), ("c.json.gz", json.dumps(rows), "gz")):
+        path = _compress(tmp_path / name, text, kind)
+        assert list(Source(str(path)).rows({"text": str})) == rows
+        task = build("biomed_cpt", tok, path, tmp_path / "cache", max_length=64)
+        assert [r["input_ids"] for r in task.train_dataset()] == expected
+    (tmp_path / "dir").mkdir()
+    _compress(tmp_path / "dir" / "part.jsonl.zst", lines, "zst")
+    (tmp_path / "dir" / "notes.md").write_text("not data")
+    assert len(list(Source(str(tmp_path / "dir")).rows({"text": str}))) == 5  # a directory lists .zst files
+
+
+def test_streaming_packs_and_holds_out_like_the_cached_path(tmp_path, tok):
+    """A streamed corpus is cut, tokenized and packed by the same functions: read through the cache
+    (`streaming: true`) it is the non-streaming dataset; packed on the fly (`cache_tokens: false`, no
+    shuffle) its train rows are the cached documents packed in source order, and its validation rows
+    (held-out tails from the stream's head) are the cached validation rows."""
+    source = write_jsonl(tmp_path / "docs.jsonl", pubmed_rows(12))
+    options = dict(max_length=48, holdout_fraction=0.2, validation_sequences=4, seed=5)
+    cached = build("biomed_cpt", tok, source, tmp_path / "cache", **options)
+    streamed = build("biomed_cpt", tok, source, tmp_path / "cache", streaming=True, **options)
+    assert list(streamed.train_dataset()) == list(cached.train_dataset())
+    on_the_fly = build("biomed_cpt", tok, source, tmp_path / "cache", streaming=True, cache_tokens=False,
+                       shuffle_buffer=1, **options)
+    docs = cached._documents()["train"]
+    in_order = list(PackedRows(docs, np.arange(len(docs)), 48))
+    first = list(on_the_fly.train_dataset())
+    assert len(first) == len(in_order) > 20 and first == in_order
+    validation = list(on_the_fly.validation_dataset())
+    assert len(validation) == 4 and validation == list(cached.validation_dataset())
+    shuffled = [r["input_ids"] for r in build("biomed_cpt", tok, source, tmp_path / "cache", streaming=True,
+                                              cache_tokens=False, **options).train_dataset()]
+    assert shuffled != [r["input_ids"] for r in first] and sum(map(len, shuffled)) == sum(len(r["input_ids"]) for r in first)
+
+
+def test_buffer_shuffle_is_a_seeded_permutation():
+    items = list(range(50))
+    once = list(buffer_shuffle(items, seed=1, size=8))
+    assert sorted(once) == items and once != items and once == list(buffer_shuffle(items, seed=1, size=8))
+    assert list(buffer_shuffle(items, seed=1, size=1)) == items
+    assert list(buffer_shuffle(items, seed=2, size=8)) != once
+
+
 SCHEMA_ERRORS = [
     ("tulu_v2", "jsonl", [{"id": "x"}], r"line 1: field 'messages' is missing \(fields present: \['id'\]\).*\{messages: \[\{role: str, content: str\}"),
     ("tulu_v2", "jsonl", [CHAT, {"messages": [{"role": "user", "content": 3}]}], r"line 2: field 'messages\[0\]\.content' is int, expected str"),
@@ -232,8 +323,8 @@ def test_bad_sources_and_options(tmp_path, tok):
         build("biomed_cpt", tok, tmp_path / "bad.jsonl", tmp_path, miners=["nli", "gossip"])
     with pytest.raises(ValueError, match=r"validation_split names a hub split"):
         build("c4", tok, tmp_path / "bad.jsonl", tmp_path, validation_split="validation", validation_sequences=4)
-    with pytest.raises(ValueError, match=r"streaming reads hub datasets"):
-        build("c4", tok, tmp_path / "bad.jsonl", tmp_path, streaming=True)
+    with pytest.raises(ValueError, match=r"cache_tokens=false with holdout_fraction needs data.builder.validation_sequences"):
+        build("c4", tok, tmp_path / "bad.jsonl", tmp_path, streaming=True, cache_tokens=False, holdout_fraction=0.1)
 
 
 def test_adaptllm_miners_on_a_document():

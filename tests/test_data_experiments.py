@@ -71,7 +71,7 @@ def test_perplexity_is_the_models_own_loss(cache_dir, make_tiny_llama):
     from mora.models import char_tokenizer
 
     tok = char_tokenizer()
-    fixture = Path(cache_dir) / "fixtures" / "pubmed.jsonl"
+    fixture = Path(cache_dir) / "fixtures" / "pubmed.jsonl.zst"
     task = build_task("c4", tok, source=str(fixture), max_length=48, cache_dir=str(cache_dir), holdout_fraction=0.2)
     model = make_tiny_llama(vocab_size=len(tok))
     rows = task.validation_dataset()

@@ -11,6 +11,7 @@ before anything is recorded. Slow (`make test-deepspeed`, 2 processes each):
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -185,3 +186,45 @@ def test_zero2_two_processes_match_one_process(runs, method):
 @pytest.mark.slow
 def test_zero3_merged_model_equals_zero2(runs):
     _assert_same_run(runs("zero2", "remora"), runs("zero3", "remora"))
+
+
+class _Payload:
+    """A pickle that makes a directory when loaded."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return os.makedirs, (self.path,)
+
+
+@pytest.mark.slow
+def test_zero2_resume_loads_its_shards_weights_only_and_refuses_a_crafted_one(runs, tmp_path):
+    """DeepSpeed loads its shards with weights_only=False; mora.train forces weights-only loading (with
+    DeepSpeed's three plain state classes allowed): a ZeRO-2 run resumed from checkpoint-3 ends as the
+    undisturbed one, and a crafted shard stops the relaunch before anything in it runs."""
+    runs_dir = tmp_path / "runs"
+    cli = _cli(runs_dir, ["train.micro_batch_size=4", "train/deepspeed=zero2", *METHODS["mora"], "train.keep_checkpoints=true"])
+    torchrun(*cli)
+    (metrics_path,) = metrics_files(runs_dir)
+    run = metrics_path.parent
+    shutil.rmtree(run / "checkpoints" / "checkpoint-6")  # as if it stopped after step 3
+    shutil.rmtree(run / "merged")
+    metrics = _metrics(run)
+    metrics.update(status="interrupted", evals=[e for e in metrics["evals"] if e["step"] <= 3])
+    (metrics_path).write_text(json.dumps(metrics))
+
+    shard = run / "checkpoints" / "checkpoint-3" / "global_step3" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    good = shard.read_bytes()
+    marker = tmp_path / "ran"
+    torch.save({"optimizer_state_dict": _Payload(marker)}, shard)
+    refused = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *cli],
+                             cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+    assert refused.returncode != 0
+    assert "global_step3/zero_pp_rank_0_mp_rank_00_optim_states.pt would call os.makedirs" in refused.stderr, refused.stderr[-3000:]
+    assert not marker.exists()
+
+    shard.write_bytes(good)
+    resumed = torchrun(*cli)
+    assert "resuming from checkpoint-3" in resumed.stdout + resumed.stderr
+    _assert_same_run(runs("zero2", "mora"), run)

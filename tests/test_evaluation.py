@@ -102,6 +102,8 @@ def test_benchmark_runs_after_training_and_is_kept_in_the_run(tmp_path, monkeypa
     stored = json.loads((run_dir / "lm_eval" / "biomed.json").read_text())
     assert stored["results"]["adaptllm_biomed"]["acc,none"] * 100 == pytest.approx(scores["biomed"])
     assert metrics["benchmarks"]["biomed"]["n_samples"]["adaptllm_pubmedqa"] == 4
+    assert metrics["benchmarks"]["biomed"]["scoring"] == "paper"  # the default: the paper's checks
+    assert stored["configs"]["adaptllm_usmle"]["metadata"]["scoring"] == "paper"
     assert metrics["status"] == "completed" and metrics["evals"]  # training's own record is untouched
     # the wandb run (offline) holds the dashboard keys and the scores: group = artifact, job type = method
     (record,) = (run_dir / "wandb").glob("offline-run-*/*.wandb")
@@ -115,7 +117,7 @@ def test_benchmark_runs_after_training_and_is_kept_in_the_run(tmp_path, monkeypa
     assert again == metrics and path.stat().st_mtime_ns == stamp
 
 
-def test_mora_evaluate_scores_a_finished_run_by_its_overrides(tmp_path, capsys):
+def test_mora_evaluate_scores_a_finished_run_by_its_overrides(tmp_path, caplog):
     from mora.evaluate import evaluate
 
     train_in_process(tmp_path / "runs", "method=mora", "method.r=4")
@@ -128,10 +130,63 @@ def test_mora_evaluate_scores_a_finished_run_by_its_overrides(tmp_path, capsys):
     metrics = evaluate(cfg)
     assert set(metrics["scores"]) == {"mmlu0"} and metrics["benchmarks"]["mmlu_0shot"]["n_samples"] == {"mmlu_dev": 5}
     assert json.loads(path.read_text())["scores"] == metrics["scores"]
+    assert metrics["benchmarks"]["mmlu_0shot"]["scoring"] == "paper"
+    # another scoring mode is another result: scored again, and recorded
+    standard = evaluate(compose([*TINY_RUN, f"paths.runs_dir={tmp_path / 'runs'}", "method=mora", "method.r=4",
+                                 "benchmark=mmlu_dev", "benchmark.limit=5", "~benchmark.suites.mmlu_5shot",
+                                 "benchmark.scoring=standard"]))
+    assert standard["benchmarks"]["mmlu_0shot"]["scoring"] == "standard"
+    assert standard["benchmarks"]["mmlu_0shot"]["key"]["scoring"] == "standard"
+    with pytest.raises(ValueError, match=r"benchmark.scoring must be one of \('paper', 'standard'\), got 'lenient'"):
+        evaluate(compose([*TINY_RUN, f"paths.runs_dir={tmp_path / 'runs'}", "method=mora", "method.r=4",
+                          "benchmark=mmlu_dev", "benchmark.scoring=lenient"]))
+
+    # asked again: nothing is scored, and the log says the score is the stored one
+    stamp = path.stat().st_mtime_ns
+    caplog.clear()
+    with caplog.at_level("INFO", logger="mora"):
+        assert evaluate(cfg)["scores"] == metrics["scores"]
+    said = [r.getMessage() for r in caplog.records if r.name == "mora"]
+    assert said == [f"run {path.parent.name}: mmlu_0shot is cached (scored before with these settings): "
+                    f"mmlu0 {metrics['scores']['mmlu0']:.4g}; benchmark.force=true scores it again"]
+    assert path.stat().st_mtime_ns == stamp
 
     missing = compose([*TINY_RUN, f"paths.runs_dir={tmp_path / 'runs'}", "method=mora", "method.r=8", "benchmark=mmlu_dev"])
     with pytest.raises(ValueError, match="train it first"):
         evaluate(missing)
+
+
+def test_prompts_longer_than_the_context_are_counted_once_and_lm_evals_own_lines_silenced(tmp_path, caplog):
+    """PubMedQA (multiple choice) and ConvFinQA (generation) at a 24-token context: one warning per kind
+    of request, with the count, before scoring; none of lm-eval's per-prompt lines. With room for every
+    prompt, no warning."""
+    import logging
+
+    from mora.evaluation.fixtures import write_fixtures
+    from mora.evaluation.harness import Suite, run_suite
+    from mora.models import char_tokenizer, llama_from_config
+
+    write_fixtures(tmp_path, n=6, seed=3)
+    tokenizer = char_tokenizer()
+    model = llama_from_config(tokenizer, hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64, max_position=64)
+    suite = Suite("check", ["adaptllm_pubmedqa", "adaptllm_convfinqa"], {"pubmedqa": "adaptllm_pubmedqa/acc"})
+    kwargs = dict(data_dir=str(tmp_path), batch_size=8, gen_kwargs={"max_gen_toks": 8})
+    assert logging.getLogger("lm_eval.models.huggingface").propagate  # so caplog would see lm-eval's lines
+    with caplog.at_level("INFO"):
+        run_suite(model, tokenizer, suite, max_length=24, **kwargs)
+    said = [r.getMessage() for r in caplog.records]
+    assert [m for m in said if "longer than the model's context" in m] == [
+        "check: 6 of 6 prompts are longer than the model's context (24 tokens) and are cut from the left, "
+        "so those items are scored on a truncated prompt",
+        "check: 6 of 6 prompts are longer than the model's context (24 tokens, 8 of them kept for the answer) "
+        "and are cut from the left, so those items are scored on a truncated prompt",
+    ]
+    assert not [m for m in said if m.startswith(("Combined length of context", "Left truncation applied"))]
+
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        run_suite(model, tokenizer, suite, max_length=4096, **kwargs)
+    assert not [r for r in caplog.records if "longer than the model's context" in r.getMessage()]
 
 
 def test_spectrum_benchmark_snapshots_initial_weights_and_counts_the_lora_rank(tmp_path):

@@ -75,6 +75,113 @@ def test_torn_checkpoint_is_deleted_never_resumed_and_the_run_ends_as_if_undistu
     assert (checkpoints / "checkpoint-6" / "COMPLETE").is_file()  # written afresh, completely
 
 
+# --- Ctrl-C --------------------------------------------------------------------------------------
+
+CTRL_C_RUN = ["method=lora", "train.max_steps=30", "train.save_every=4", "eval.steps=[8,30]", "train.keep_checkpoints=true"]
+
+
+def test_ctrl_c_checkpoints_stops_interrupted_and_the_same_command_resumes(tmp_path, caplog):
+    """As SIGTERM does (tests/test_slurm.py), on the real CLI: SIGINT once a checkpoint exists; the run
+    saves a checkpoint at the end of its step, is recorded `interrupted`, exits 130 with one line on
+    how to resume and no traceback; the same command resumes it and it ends as an undisturbed run."""
+    import os
+    import signal
+    import subprocess
+
+    from runner import ROOT, wait_for
+
+    runs = tmp_path / "broken"
+    args = [sys.executable, "-m", "mora.train", *TINY_RUN, f"paths.runs_dir={runs}", *CTRL_C_RUN]
+    proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        assert wait_for(lambda: any(runs.rglob("checkpoint-4/COMPLETE")), 300), "no checkpoint appeared"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out[-3000:]
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-3000:]
+    assert "caught SIGINT: saving a checkpoint at the end of this step, then stopping (Ctrl-C again stops at once)" in out
+    (hint,) = [line for line in out.splitlines() if "to resume" in line]
+    stopped = int(hint.rsplit("checkpoint-", 1)[1])
+    assert hint.endswith(f"to resume, run the same command again: it picks up from checkpoint-{stopped}")
+    assert 4 <= stopped < 30
+    metrics = json.loads(metrics_files(runs)[0].read_text())
+    assert metrics["status"] == "interrupted" and f"stopped by SIGINT at step {stopped}" in metrics["error"]
+    assert (_run_dir(runs) / "checkpoints" / f"checkpoint-{stopped}" / "COMPLETE").is_file()
+
+    # the same command again (in this process: the CLI's start-up is the slow part of the test)
+    with caplog.at_level("INFO", logger="mora"):
+        b = train_in_process(runs, *CTRL_C_RUN)
+    assert any(f"resuming from checkpoint-{stopped}" in r.getMessage() for r in caplog.records)
+    a = train_in_process(tmp_path / "straight", *CTRL_C_RUN)
+    assert b["status"] == "completed" and [e["step"] for e in b["evals"]] == [8, 30]
+    assert [e["char_acc"] for e in b["evals"]] == [e["char_acc"] for e in a["evals"]]
+    assert [s for s, _ in b["train_loss"]] == [s for s, _ in a["train_loss"]]
+    assert [v for _, v in b["train_loss"]] == pytest.approx([v for _, v in a["train_loss"]], rel=1e-5)
+
+
+def test_a_second_ctrl_c_stops_at_once_and_leaves_no_torn_checkpoint(tmp_path, monkeypatch, caplog):
+    """Both Ctrl-Cs arrive while checkpoint-6 is half written: the run stops in the middle of the write,
+    is recorded `interrupted`, the torn checkpoint is deleted, and a relaunch resumes from checkpoint-3."""
+    import os
+    import signal
+
+    from transformers import Trainer
+
+    original = Trainer._save_optimizer_and_scheduler
+
+    def ctrl_c_twice_while_saving_checkpoint_6(self, output_dir):
+        if Path(output_dir).name == "checkpoint-6":
+            (Path(output_dir) / "optimizer.pt").write_bytes(b"\x80\x02half-written")
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", ctrl_c_twice_while_saving_checkpoint_6)
+    with pytest.raises(KeyboardInterrupt, match="a second Ctrl-C stopped it at once"):
+        train_in_process(tmp_path, *KEEP)
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", original)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    checkpoints = _run_dir(tmp_path) / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-3"]  # checkpoint-6 was torn: deleted
+    assert (checkpoints / "checkpoint-3" / "COMPLETE").is_file()
+    metrics = json.loads(metrics_files(tmp_path)[0].read_text())
+    assert metrics["status"] == "interrupted"
+    assert metrics["error"] == "KeyboardInterrupt: a second Ctrl-C stopped it at once"
+
+    with caplog.at_level("INFO", logger="mora"):
+        assert train_in_process(tmp_path, *KEEP)["status"] == "completed"
+    assert any("resuming from checkpoint-3" in r.getMessage() for r in caplog.records)
+
+
+# --- file modes in the results store ---------------------------------------------------------------
+
+
+def test_the_results_store_is_written_with_the_process_umask(tmp_path):
+    """Under umask 027 every file of a run is 0640 and every directory 0750: mkstemp's and
+    safetensors' 0600 would hide results from the group on a shared store."""
+    import os
+    import stat
+
+    previous = os.umask(0o027)
+    try:
+        train_in_process(tmp_path, *KEEP, "benchmark=spectrum")
+    finally:
+        os.umask(previous)
+    run = _run_dir(tmp_path)
+    files = [p for p in run.rglob("*") if p.is_file()]
+    names = {p.relative_to(run).as_posix() for p in files}
+    assert {"config.json", "metrics.json", "spectrum.json", "initial_weights.safetensors", "merged/model.safetensors",
+            "adapter/adapter_model.safetensors", "checkpoints/checkpoint-6/model.safetensors"} <= names, names
+    modes = {p.relative_to(run).as_posix(): oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
+    assert {k: v for k, v in modes.items() if v != "0o640"} == {}
+    dirs = {p.relative_to(run).as_posix(): oct(stat.S_IMODE(p.stat().st_mode)) for p in run.rglob("*") if p.is_dir()}
+    assert {k: v for k, v in dirs.items() if v != "0o750"} == {}
+
+
 def test_last_complete_checkpoint_ignores_and_discard_removes_torn_ones(tmp_path):
     from mora.training.callbacks import COMPLETE_MARKER, discard_torn_checkpoints, last_complete_checkpoint
 

@@ -129,7 +129,10 @@ def test_save_load_adapter_round_trip(method, opts, make_tiny_llama, randomize, 
     with torch.no_grad():
         want = model(ids).logits
     save_adapter(model, tmp_path / "adapter")
-    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    peft_layout = method not in ("mora", "remora")  # peft has the others' method; MoRA's files are our own
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file() == peft_layout
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file() == peft_layout
+    assert (tmp_path / "adapter" / "mora_bench_adapter.safetensors").is_file() != peft_layout
 
     fresh = make_tiny_llama()
     with torch.no_grad():
@@ -197,7 +200,7 @@ def test_load_adapter_kind_mismatch_names_the_option(make_tiny_llama, tmp_path):
 
 
 def test_load_adapter_not_a_checkpoint(make_tiny_llama, tmp_path):
-    with pytest.raises(ValueError, match="adapter_config.json is missing"):
+    with pytest.raises(ValueError, match="not an adapter checkpoint: mora_bench_adapter.json is missing"):
         load_adapter(make_tiny_llama(), tmp_path)
 
 

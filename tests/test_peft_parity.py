@@ -157,3 +157,126 @@ def test_parity_single_linear_with_bias(label, ours_opts, peft_opts, randomize):
     _record(f"{label} single Linear+bias float64", {"outputs": out_err, "merged_weights": w_err})
     assert out_err < 1e-12
     assert w_err < 1e-12
+
+
+# -- adapter/ in peft's layout: PeftModel.from_pretrained loads what mora-bench saved -------------------
+
+SAVED = [
+    ("lora", {}),
+    ("lora", {"rslora": True}),
+    ("dora", {}),
+    ("loraplus", {}),
+    ("asylora", {"freeze_A": True}),
+    ("relora", {"merge_every": 2}),  # restarted twice below: part of the update is in the base weights
+    ("lora", {"target_modules": [r"model\.layers\.0\..*_proj"], "trainable_modules": ["embed_tokens", ".*norm"]}),
+]
+
+
+@pytest.mark.parametrize("method,opts", SAVED, ids=["lora", "rslora", "dora", "loraplus", "asylora", "relora",
+                                                      "regex-targets+trained-modules"])
+def test_peft_loads_our_adapter_with_the_same_logits(method, opts, make_tiny_llama, randomize, tmp_path):
+    from peft import PeftModel
+
+    from mora.adapters import load_adapter, merge_and_reinit, save_adapter
+
+    ours = make_tiny_llama(seed=3)
+    apply_adapters(ours, {"method": method, "r": R, "alpha": ALPHA, **opts})
+    randomize(ours, std=0.1)
+    if method == "relora":
+        for _ in range(2):
+            merge_and_reinit(ours)
+            randomize(ours, std=0.1)
+    with torch.no_grad():
+        for name, param in ours.named_parameters():
+            if param.requires_grad and "lora_" not in name and "magnitude" not in name:
+                param.add_(torch.randn_like(param) * 0.1)  # the modules trained whole moved too
+    save_adapter(ours, tmp_path)
+
+    ids = torch.randint(0, 50, (2, 9), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        want = ours(ids).logits
+        base = make_tiny_llama(seed=3)
+        assert _rel(base(ids).logits, want) > 1e-2
+        theirs = PeftModel.from_pretrained(base, tmp_path).eval()
+        got = theirs(ids).logits
+        reloaded = load_adapter(make_tiny_llama(seed=3), tmp_path).eval()
+    _record(f"peft loads our {method} {sorted(opts)}", {"outputs": _rel(got, want)})
+    assert _rel(got, want) < 2e-5
+    assert _rel(reloaded(ids).logits, want) < 1e-6
+    n_lora = sum(1 for n, _ in theirs.named_modules() if n.endswith("lora_A"))
+    assert n_lora == (7 if opts.get("target_modules") else 14)  # the regex picks layer 0's projections
+
+
+def test_a_trained_run_adapter_loads_into_peft_on_the_base_rebuilt_from_the_run(tmp_path):
+    """The real CLI path: mora.train writes run/adapter; the base is rebuilt from the run's config (a
+    random init under its seed); peft's model gives the logits of the run's merged model."""
+    import json
+
+    from peft import PeftModel
+
+    from mora.evaluate import load_model, rebuild_base
+    from runner import metrics_files, train_in_process
+
+    train_in_process(tmp_path, "method=relora", "method.r=4", "method.merge_every=2", "method.rewarm_steps=1")
+    (path,) = metrics_files(tmp_path)
+    run = path.parent
+    config = json.loads((run / "config.json").read_text())
+    merged, tokenizer = load_model(run, config, "merged")
+    base, _ = rebuild_base(config)
+    theirs = PeftModel.from_pretrained(base, run / "adapter").eval()
+    ids = tokenizer("0f6a1c2e-3b4d-4e5f:", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert _rel(theirs(ids).logits, merged.eval()(ids).logits) < 1e-5
+
+
+def test_mora_adapters_are_not_taken_for_peft_and_old_runs_still_load(make_tiny_llama, randomize, tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    from mora.adapters import load_adapter, save_adapter
+    from mora.adapters.inject import _adapter_state, _layer_shapes, adapter_config
+    from peft import PeftModel
+
+    model = make_tiny_llama()
+    apply_adapters(model, {"method": "mora", "r": 2})
+    randomize(model, std=0.1)
+    save_adapter(model, tmp_path / "mora")
+    assert sorted(p.name for p in (tmp_path / "mora").iterdir()) == ["mora_bench_adapter.json",
+                                                                      "mora_bench_adapter.safetensors"]
+    with pytest.raises(ValueError, match="adapter_config.json"):
+        PeftModel.from_pretrained(make_tiny_llama(), tmp_path / "mora")
+
+    # the layout runs had before: our names under peft's file names, {format: 1, config, layers}
+    old = tmp_path / "old"
+    old.mkdir()
+    save_file(_adapter_state(model), str(old / "adapter_model.safetensors"))
+    meta = {"format": 1, "config": adapter_config(model).to_dict(), "layers": _layer_shapes(model)}
+    (old / "adapter_config.json").write_text(json.dumps(meta))
+    ids = torch.randint(0, 50, (2, 9))
+    with torch.no_grad():
+        assert _rel(load_adapter(make_tiny_llama(), old).eval()(ids).logits, model(ids).logits) < 1e-6
+
+
+def test_the_examples_of_docs_adapters_run_on_a_trained_run(tmp_path, monkeypatch):
+    """docs/adapters.md's Python, on a tiny run in place of its `runs/uuid_mini/0123456789ab`: peft's
+    model, ours and the exported merged model give the same logits."""
+    import re
+
+    from runner import ROOT, metrics_files, train_in_process
+
+    train_in_process(tmp_path / "runs", "method=dora")
+    (path,) = metrics_files(tmp_path / "runs")
+    text = (ROOT / "docs" / "adapters.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "/data/models" not in b]
+    assert len(blocks) == 3, "docs/adapters.md: the examples on a run changed; update this test"
+    monkeypatch.chdir(tmp_path)  # `exported/` lands here
+    scope: dict = {}
+    for block in blocks:
+        exec(block.replace("runs/uuid_mini/0123456789ab", str(path.parent)), scope)
+    logits = scope["logits"]  # peft's, from the first block
+    from transformers import AutoModelForCausalLM
+
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "exported").eval()
+    with torch.no_grad():
+        assert _rel(exported(scope["ids"]).logits, logits) < 1e-5

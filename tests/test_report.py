@@ -103,11 +103,11 @@ def test_markdown_and_csv_from_a_synthetic_store(tmp_path, ids):
     assert (tmp_path / "out" / "synthetic_paper.md").read_text() == expected_md
     grid = " ".join(lora)
     expected_csv = textwrap.dedent(f"""\
-        artifact,section,row,rank,column,group,experiment,metric,step,ours_mean,ours_std,n_seeds,paper,status,chosen,run_ids,grid_run_ids
-        synthetic,paper,LoRA,4,100,main,uuid_mini,char_acc,100,55.0,7.071068,2,9.9,ok,lr=0.003,{lora[2]} {lora[3]},{grid}
-        synthetic,paper,LoRA,4,200,main,uuid_mini,char_acc,200,80.0,14.142136,2,54.2,ok,lr=0.003,{lora[2]} {lora[3]},{grid}
-        synthetic,paper,MoRA,4,100,main,uuid_mini,char_acc,100,,,0,10.1,missing,,,{mora[0]} {mora[1]}
-        synthetic,paper,MoRA,4,200,main,uuid_mini,char_acc,200,,,0,100.0,missing,,,{mora[0]} {mora[1]}
+        artifact,section,row,rank,column,group,experiment,metric,step,ours_mean,ours_std,n_seeds,paper,status,chosen,run_ids,grid_run_ids,scoring
+        synthetic,paper,LoRA,4,100,main,uuid_mini,char_acc,100,55.0,7.071068,2,9.9,ok,lr=0.003,{lora[2]} {lora[3]},{grid},
+        synthetic,paper,LoRA,4,200,main,uuid_mini,char_acc,200,80.0,14.142136,2,54.2,ok,lr=0.003,{lora[2]} {lora[3]},{grid},
+        synthetic,paper,MoRA,4,100,main,uuid_mini,char_acc,100,,,0,10.1,missing,,,{mora[0]} {mora[1]},
+        synthetic,paper,MoRA,4,200,main,uuid_mini,char_acc,200,,,0,100.0,missing,,,{mora[0]} {mora[1]},
         """)
     assert (tmp_path / "out" / "synthetic_paper.csv").read_text() == expected_csv
     tex = (tmp_path / "out" / "synthetic_paper.tex").read_text()
@@ -197,3 +197,40 @@ def test_pending_commands_name_the_runs_to_launch(tmp_path, ids):
     store = _store(tmp_path / "runs", ids)
     commands = report.pending_commands(_spec(tmp_path), store)
     assert commands == [f"python -m mora.train experiment=uuid_mini method=mora method.r=4 train.lr=0.003 seed={s}" for s in (0, 1)]
+
+
+SCORED_SPEC = """
+artifact: scored
+kind: table
+title: Scored table
+select: {metric: gsm8k, mode: max}
+paper:
+  experiment: uuid_mini
+  seeds: [0, 1]
+  columns:
+    - {key: gsm8k, label: GSM8K, metric: gsm8k}
+  rows:
+    - {label: LoRA, rank: 4, overrides: [method=lora, method.r=4], lr_grid: [1e-3, 3e-3]}
+    - {label: MoRA, rank: 4, overrides: [method=mora, method.r=4], lr_grid: [3e-3]}
+"""
+
+
+def test_the_scoring_mode_of_benchmark_scores_is_in_the_table(tmp_path, ids):
+    """A benchmark score carries the mode it was scored in (metrics.json benchmarks.<suite>.scoring):
+    the Markdown says it under the table, the CSV and the wandb table in a column."""
+    store = tmp_path / "runs"
+    for key, result in RUNS.items():
+        run = store / "uuid_mini" / ids[key]
+        run.mkdir(parents=True)
+        metrics = {"status": "failed"} if result == "failed" else {
+            "status": "completed", "scores": {"gsm8k": result[1]},
+            "benchmarks": {"math": {"scores": {"gsm8k": result[1]}, "scoring": "paper"}}}
+        (run / "metrics.json").write_text(json.dumps({**metrics, **current_record(_overrides(*key))}))
+    spec = tmp_path / "scored.yaml"
+    spec.write_text(SCORED_SPEC)
+    result = report.render(spec, store, tmp_path / "out", wandb_log=False)
+    assert "| LoRA | 4 | 80.0 ± 14.1 |" in result["markdown"]
+    assert "Scoring (benchmark.scoring): paper; paper = the paper's answer checks" in result["markdown"]
+    records = report.table_records(result["tables"][0])
+    assert [r["scoring"] for r in records] == ["paper", ""]  # MoRA has no finished run
+    assert (tmp_path / "out" / "scored_paper.csv").read_text().splitlines()[1].endswith(",paper")

@@ -6,11 +6,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
-from runner import ROOT, TINY_RUN, metrics_files, run_cli
+from runner import ROOT, TINY_RUN, metrics_files, run_cli, wait_for
 
 RUN = [
     "method=remora",
@@ -23,15 +22,6 @@ RUN = [
 ]
 
 
-def _wait_for(predicate, timeout: float) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def test_sigkill_then_relaunch_matches_uninterrupted(tmp_path):
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     done = run_cli(straight, *RUN)
@@ -41,7 +31,7 @@ def test_sigkill_then_relaunch_matches_uninterrupted(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        assert _wait_for(lambda: any(broken.rglob("checkpoint-12/COMPLETE")), 300), "no checkpoint appeared"
+        assert wait_for(lambda: any(broken.rglob("checkpoint-12/COMPLETE")), 300), "no checkpoint appeared"
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(30) == -signal.SIGKILL, "the run finished before it could be killed"
     finally:

@@ -59,6 +59,21 @@ def test_finished_run_is_skipped(tmp_path, caplog):
     assert len(metrics_files(tmp_path)) == 2
 
 
+def test_a_run_without_wandb_or_deepspeed_prints_neither(tmp_path):
+    """WANDB_MODE=offline (as make and CI set it) made transformers print "Running in WANDB offline mode",
+    and accelerate's import of DeepSpeed "Setting accelerator to CPU", on runs that use neither; FFT's
+    budget header named a rank it does not have."""
+    noise = ("WANDB offline mode", "Setting accelerator to CPU")
+    first = run_cli(tmp_path, "method=fft")  # WANDB_MODE=offline, as make and CI set it
+    assert first.returncode == 0, first.stderr[-2000:]
+    out = first.stdout + first.stderr
+    assert "parameter budget: fft (no adapter layers)" in out and "at r=" not in out
+    assert "run " in out and "finished" in out and not [n for n in noise if n in out], out[-3000:]
+    skipped = run_cli(tmp_path, "method=fft")  # WANDB_MODE=offline, as make and CI set it
+    out = skipped.stdout + skipped.stderr
+    assert "already finished" in out and not [n for n in noise if n in out], out
+
+
 def test_loraplus_groups_and_restart_schedule(tmp_path):
     from mora.training.optim import jagged_factor
 
@@ -86,6 +101,8 @@ def test_wandb_offline_run_holds_the_metrics(tmp_path):
         ("method.target_modules=[nope_proj]", "match no nn.Linear", 2),
         ("train.micro_batch_size=3", "not a multiple", 2),
         ("data.builder.task=wiki", "error: unknown data builder 'wiki'; choose one of", 2),  # raised inside a builder
+        ("train.lrr=1e-3", "error: unknown config key train.lrr (did you mean train.lr?); nothing was run", 2),
+        ("+train.lrr=1e-3", "error: unknown config key train.lrr (did you mean train.lr?); nothing was run", 2),
     ],
 )
 def test_bad_config_fails_before_training(tmp_path, override, message, status):

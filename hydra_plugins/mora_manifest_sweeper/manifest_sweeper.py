@@ -7,7 +7,9 @@ whole table goes to Slurm as one array job (hydra-submitit-launcher) or runs loc
 
 Manifest format: UTF-8 text, one job per line, each line Hydra overrides as a shell would split them
 (`shlex`); task i of an array job is line i (0-based). No comments, no blank lines in between.
-Overrides given on the command line apply to every job and come before the line's own.
+Overrides given on the command line apply to every job and come before the line's own. A manifest lies
+in the results store, so its lines are values only (mora.builders.check_overrides): a line that sets a
+foreign `_target_` or touches `hydra.*` refuses the whole manifest before any job starts.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from mora.builders import check_overrides
+
 log = logging.getLogger(__name__)
 
 
@@ -44,7 +48,7 @@ ConfigStore.instance().store(group="hydra/sweeper", name="manifest", node=Manife
 
 
 def read_manifest(path: str | Path) -> List[List[str]]:
-    """The jobs of a manifest: one list of overrides per line."""
+    """The jobs of a manifest: one list of overrides per line, each checked to hold values only."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"manifest {path} does not exist (python -m mora.launch writes one)")
@@ -59,6 +63,7 @@ def read_manifest(path: str | Path) -> List[List[str]]:
             jobs.append(shlex.split(line))
         except ValueError as exc:
             raise ValueError(f"{path}:{number}: cannot split {line!r}: {exc}") from None
+        check_overrides(jobs[-1], f"{path}:{number}")
     if not jobs:
         raise ValueError(f"manifest {path} has no jobs")
     return jobs

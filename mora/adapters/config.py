@@ -97,6 +97,11 @@ class AdapterConfig:
         """Learning-rate factor per adapter parameter name (LoRA+ speeds up B); 1 for the rest."""
         return {}
 
+    def peft_options(self) -> dict[str, Any] | None:
+        """This method's options as peft's LoraConfig fields, or None where peft has no such method
+        (then the adapter is saved in mora-bench's own layout only)."""
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"method": self.method}
         for f in dataclasses.fields(self):
@@ -158,12 +163,20 @@ def _as_tuple(value: Any, name: str) -> tuple[str, ...]:
     return items
 
 
+IGNORED_KEYS = ("_target_", "name")  # may sit in a method node; no option reads them
+
+
+def option_names(method: str) -> set[str]:
+    """The keys of a method node: `method` and the fields of its options dataclass."""
+    return {"method", *(f.name for f in dataclasses.fields(config_class(method)))}
+
+
 def config_from_dict(options: dict[str, Any] | AdapterConfig) -> AdapterConfig:
     """Build a validated config from `{"method": ..., **options}` (a Hydra node or a checkpoint's JSON)."""
     if isinstance(options, AdapterConfig):
         return options
     opts = dict(options)
-    for key in ("_target_", "name"):
+    for key in IGNORED_KEYS:
         opts.pop(key, None)
     method = opts.pop("method", None)
     if method is None:
@@ -188,5 +201,6 @@ __all__ = [
     "config_class",
     "config_from_dict",
     "make_config",
+    "option_names",
     "register",
 ]

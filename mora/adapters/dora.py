@@ -7,6 +7,7 @@ forms W' from scratch for the input: `y = g * (W0 x + s B A dropout(x)) + b`, `g
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,10 +20,13 @@ from .lora import LoRAConfig, LoRALayer
 @register("dora")
 @dataclass
 class DoRAConfig(LoRAConfig):
-    pass
+    def peft_options(self) -> dict[str, Any]:
+        return {**super().peft_options(), "use_dora": True}
 
 
 class DoRALayer(LoRALayer):
+    peft_names = {**LoRALayer.peft_names, "dora_magnitude": "lora_magnitude_vector"}
+
     def __init__(self, base: nn.Linear, config: DoRAConfig):
         super().__init__(base, config)
         self.dora_magnitude = self.new_parameter(self.out_features)

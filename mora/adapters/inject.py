@@ -1,5 +1,10 @@
 """Putting adapters into a model and taking them out again: wrapping, freezing, the parameter-budget
-report, merging, and adapter checkpoints (safetensors + the method config as JSON)."""
+report, merging, and adapter checkpoints (safetensors + the method config as JSON).
+
+An adapter checkpoint is a directory: `mora_bench_adapter.json` (the method config and the adapted
+layers' shapes) and the tensors, in peft's layout where peft has the method (peft_format.py: LoRA and
+its variants, DoRA) and in `mora_bench_adapter.safetensors` otherwise (MoRA, ReMoRA), so that nothing
+takes those for peft's. `load_adapter` also reads the layout runs had before (format 1)."""
 
 from __future__ import annotations
 
@@ -15,11 +20,12 @@ from torch import nn
 
 from .config import AdapterConfig, config_from_dict, make_config
 from .layer import AdapterLayer
+from .peft_format import PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME, from_peft, peft_config, peft_targets, to_peft
 
 CONFIG_ATTR = "_mora_adapter_config"
-WEIGHTS_NAME = "adapter_model.safetensors"
-CONFIG_NAME = "adapter_config.json"
-FORMAT_VERSION = 1
+META_NAME = "mora_bench_adapter.json"
+WEIGHTS_NAME = "mora_bench_adapter.safetensors"  # methods peft does not have; our tensor names
+FORMAT_VERSION = 2
 BUDGET_TOLERANCE = 0.01
 
 
@@ -145,8 +151,10 @@ class BudgetReport:
         }
 
     def __str__(self) -> str:
-        lines = [f"parameter budget: {self.method} at r={self.r}"]
-        if self.adapter:
+        if not self.adapter:  # fft: no adapter layers, so no rank to speak of
+            lines = [f"parameter budget: {self.method} (no adapter layers)"]
+        else:
+            lines = [f"parameter budget: {self.method} at r={self.r}"]
             lines.append(f"  {'module':<14}{'layers':>7}{'trainable':>14}{'LoRA r=' + str(self.r):>14}{'ratio':>8}")
             for key in self.adapter:
                 lora = self.lora[key]
@@ -159,7 +167,7 @@ class BudgetReport:
                 f"{self.lora_total:>14,}{self.ratio:>8.4f}"
             )
         for key, count in self.other.items():
-            lines.append(f"  also trainable: {key} {count:,}")
+            lines.append(f"  {'also trainable' if self.adapter else 'trainable'}: {key} {count:,}")
         share = 100.0 * self.trainable_total / max(self.total_params, 1)
         lines.append(f"  trainable {self.trainable_total:,} of {self.total_params:,} ({share:.3f} %)")
         return "\n".join(lines)
@@ -249,7 +257,8 @@ def _layer_shapes(model: nn.Module) -> dict[str, list[int]]:
 
 
 def save_adapter(model: nn.Module, directory: str | Path) -> Path:
-    """Write the adapter (safetensors) and its method config (JSON) into `directory`."""
+    """Write the adapter into `directory`: peft's layout where peft has the method, else our own file,
+    and mora_bench_adapter.json (method config + adapted layers) beside it."""
     from safetensors.torch import save_file
 
     config = adapter_config(model)
@@ -259,21 +268,50 @@ def save_adapter(model: nn.Module, directory: str | Path) -> Path:
         raise ValueError(f"{config.method} trains the whole model: save it with save_pretrained instead")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file(_adapter_state(model), str(directory / WEIGHTS_NAME))
-    meta = {"format": FORMAT_VERSION, "config": config.to_dict(), "layers": _layer_shapes(model)}
-    (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    state, layers = _adapter_state(model), _layer_shapes(model)
+    options = config.peft_options()
+    if options is None:
+        weights = WEIGHTS_NAME
+        save_file(state, str(directory / weights))
+    else:
+        weights = PEFT_WEIGHTS_NAME
+        save_file(to_peft(state, list(layers), config.layer_class.peft_names), str(directory / weights), {"format": "pt"})
+        names = [n for n, _ in model.named_modules() if not any(n.startswith(a + ".") for a in layers)]
+        whole = sorted({key.rpartition(".")[0] for key in state if not any(key.startswith(a + ".") for a in layers)})
+        base = getattr(getattr(model, "config", None), "_name_or_path", "") or None
+        peft = peft_config(options, peft_targets(names, list(layers), config.target_modules), whole, base)
+        (directory / PEFT_CONFIG_NAME).write_text(json.dumps(peft, indent=2, sort_keys=True))
+    meta = {"format": FORMAT_VERSION, "config": config.to_dict(), "layers": layers, "weights": weights}
+    (directory / META_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True))
     return directory
+
+
+def _read_adapter(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(meta, tensors under our names) of an adapter checkpoint, in either format."""
+    from safetensors.torch import load_file
+
+    if (directory / META_NAME).is_file():
+        meta = json.loads((directory / META_NAME).read_text())
+        if meta.get("weights") not in (WEIGHTS_NAME, PEFT_WEIGHTS_NAME):
+            raise ValueError(f"{directory / META_NAME}: unknown weights file {meta.get('weights')!r}")
+        tensors = load_file(str(directory / meta["weights"]))
+        if meta["weights"] == PEFT_WEIGHTS_NAME:
+            tensors = from_peft(tensors, config_from_dict(meta["config"]).layer_class.peft_names)
+        return meta, tensors
+    legacy = directory / PEFT_CONFIG_NAME  # format 1 used peft's file names with our content
+    meta = json.loads(legacy.read_text()) if legacy.is_file() else {}
+    if meta.get("format") == 1:
+        return meta, load_file(str(directory / PEFT_WEIGHTS_NAME))
+    if meta:
+        raise ValueError(f"{directory} holds a peft adapter mora-bench did not write ({META_NAME} is missing): "
+                         "load it with peft.PeftModel.from_pretrained")
+    raise ValueError(f"{directory} is not an adapter checkpoint: {META_NAME} is missing")
 
 
 def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     """Load an adapter checkpoint; wraps a plain model first. Any mismatch raises, naming it."""
-    from safetensors.torch import load_file
-
     directory = Path(directory)
-    meta_path = directory / CONFIG_NAME
-    if not meta_path.is_file():
-        raise ValueError(f"{directory} is not an adapter checkpoint: {CONFIG_NAME} is missing")
-    meta = json.loads(meta_path.read_text())
+    meta, tensors = _read_adapter(directory)
     saved = config_from_dict(meta["config"])
     current = adapter_config(model)
     if current is None:
@@ -301,7 +339,6 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
         raise ValueError(f"adapter checkpoint lacks layers the model adapts: {missing[:5]}")
     if current is None:
         apply_adapters(model, saved)
-    tensors = load_file(str(directory / WEIGHTS_NAME))
     expected = _adapter_state(model)
     for key, tensor in tensors.items():
         if key not in expected:

@@ -58,12 +58,17 @@ class AdapterLayer(nn.Module):
 
     # -- shared behaviour ------------------------------------------------------------------------
     def new_parameter(self, *shape: int) -> nn.Parameter:
-        """An uninitialised parameter on the base's device, in the adapter dtype."""
-        return nn.Parameter(torch.empty(*shape, device=self.base.weight.device, dtype=self.adapter_dtype))
+        """An uninitialised parameter on the base's device, in fp32 (or the base's dtype where that is
+        wider: fp64 reference checks)."""
+        dtype = torch.promote_types(self.base.weight.dtype, torch.float32)
+        return nn.Parameter(torch.empty(*shape, device=self.base.weight.device, dtype=dtype))
 
     @property
     def adapter_dtype(self) -> torch.dtype:
-        """fp32, or the base's dtype where that is wider (fp64 reference checks)."""
+        """The adapter weights' dtype as they are now: fp32 as made, bf16 where DeepSpeed's bf16 engine
+        cast the whole model (it then keeps the fp32 masters)."""
+        for _, param in self.adapter_parameters():
+            return param.dtype
         return torch.promote_types(self.base.weight.dtype, torch.float32)
 
     def adapter_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:

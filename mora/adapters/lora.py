@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,6 +38,11 @@ class LoRAConfig(AdapterConfig):
     @property
     def scaling(self) -> float:
         return self.alpha / (math.sqrt(self.r) if self.rslora else self.r)
+
+    def peft_options(self) -> dict[str, Any]:
+        """LoRA+, AsyLoRA and ReLoRA train differently but end as LoRA weights: peft loads them all."""
+        return {"r": self.r, "lora_alpha": self.alpha, "use_rslora": self.rslora, "use_dora": False,
+                "lora_dropout": self.dropout}
 
 
 @register("loraplus")
@@ -73,6 +79,8 @@ class ReLoRAConfig(RestartOptions, LoRAConfig):
 
 
 class LoRALayer(AdapterLayer):
+    peft_names = {"lora_A": "lora_A.weight", "lora_B": "lora_B.weight"}  # tensor -> its name in peft's files
+
     def __init__(self, base: nn.Linear, config: LoRAConfig):
         super().__init__(base, config)
         r = config.r

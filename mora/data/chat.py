@@ -116,20 +116,36 @@ class TuluChat(ChatTask):
 
 
 class MetaMathAlpaca(ChatTask):
-    """MetaMathQA (`query`, `response`) in the Alpaca prompt; the response follows `### Response:`
-    directly and ends with EOS (as MetaMath's train_math.py concatenates them). Loss on the response and
-    its EOS. The paper does not give a length; MetaMath trained with 512 tokens, the config's default."""
+    """MetaMathQA (`query`, `response`) in the Alpaca prompt, as MetaMath's train_math.py and the MoRA
+    authors' training code build it: a query with a new line is split at its first one into the
+    instruction and an input (the "with input" template, `### Input:`; every GSM_FOBAR query and the
+    multi-line MATH ones), any other query is the instruction alone. The response follows
+    `### Response:` directly and ends with EOS. Loss on the response and its EOS. The paper does not give
+    a length; MetaMath trained with 512 tokens, the config's default."""
 
     name = "metamath"
-    version = 1
+    version = 2
     schema = {"query": str, "response": str}
-    prompt_head = (
+    # Alpaca's two templates (tatsu-lab/stanford_alpaca PROMPT_DICT, which MetaMath reuses)
+    prompt_no_input = (
         "Below is an instruction that describes a task. Write a response that appropriately completes the "
-        "request.\n\n### Instruction:\n"
+        "request.\n\n### Instruction:\n{instruction}\n\n### Response:"
     )
-    prompt_tail = "\n\n### Response:"
+    prompt_input = (
+        "Below is an instruction that describes a task, paired with an input that provides further context. "
+        "Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n"
+        "### Input:\n{input}\n\n### Response:"
+    )
+
+    def prompt(self, query: str) -> str:
+        """The prompt of one query: split at its first new line when text follows it (Alpaca keeps the
+        no-input template for an empty input)."""
+        instruction, newline, rest = query.partition("\n")
+        if newline and rest:
+            return self.prompt_input.format(instruction=instruction, input=rest)
+        return self.prompt_no_input.format(instruction=query)
 
     def render(self, row: dict) -> tuple[str, Spans]:
-        prompt = self.prompt_head + row["query"] + self.prompt_tail
+        prompt = self.prompt(row["query"])
         text = prompt + row["response"] + self.tokenizer.eos_token
         return text, [(len(prompt), len(text))]

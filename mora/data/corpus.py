@@ -10,8 +10,12 @@ until `validation_sequences` rows are full) or, for local text, from `holdout_fr
 (its end, from the first line start at or after the cut; a local .txt file is one document, so that is
 the last 5 % of each file). Validation rows are packed in source order, never shuffled.
 
-A hub source with `streaming: true` (C4: 156 B tokens, a run reads ~5 B once) is tokenized and packed
-on the fly and not cached; its validation rows are cached like everything else.
+`streaming: true` reads the source as a stream (a hub dataset is not converted to Arrow first: PubMed's
+one 8 GB .jsonl.zst). The tokens still go through the cache unless `cache_tokens: false`, which packs
+them on the fly on every run instead (C4: 156 B tokens, a run reads ~5 B once; needs train.max_steps,
+since a stream has no length); the seeded buffer shuffle then orders the documents. Both paths cut
+the held-out tail and pack in the same functions, so in the same document order they give the same
+rows; on the fly, validation rows are the held-out tails of the stream's first documents (cached).
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ class CorpusTask(SourceTask):
         validation_split: str | None = None,
         validation_sequences: int | None = None,
         shuffle_buffer: int = 10_000,
+        cache_tokens: bool = True,
         **source_options,
     ):
         super().__init__(tokenizer, source, max_length, cache_dir, **source_options)
@@ -84,12 +89,18 @@ class CorpusTask(SourceTask):
             raise ValueError(f"validation_split names a hub split, but {source!r} is local; use holdout_fraction")
         if validation_split and validation_sequences is None:
             raise ValueError("validation_split needs data.builder.validation_sequences (how many rows to read)")
+        if not cache_tokens and holdout_fraction and validation_sequences is None:
+            raise ValueError(
+                "cache_tokens=false with holdout_fraction needs data.builder.validation_sequences (how many "
+                "held-out rows to read from the head of the stream)"
+            )
         if validation_sequences is not None:
             positive_int(validation_sequences, "validation_sequences")
         self.holdout_fraction = holdout_fraction
         self.validation_split = validation_split
         self.validation_sequences = validation_sequences
         self.shuffle_buffer = positive_int(shuffle_buffer, "shuffle_buffer")
+        self.cache_tokens = bool(cache_tokens)
 
     @property
     def schema(self) -> dict[str, Any]:
@@ -121,25 +132,32 @@ class CorpusTask(SourceTask):
         return out
 
     def _token_stream(self, texts: Iterable[str]) -> Iterator[list[int]]:
-        for chunk in batched((t for t in texts if t.strip()), 256):
+        for chunk in batched(texts, 256):
             yield from self.encode(chunk)
+
+    def parts(self, rows: Iterable[dict], stats: dict[str, int] | None = None) -> Iterator[tuple[str, str]]:
+        """(trained head, held-out tail) of each non-empty document, in order: the one place both the
+        cached and the on-the-fly path cut documents."""
+        for row in rows:
+            text = self.document(row)
+            if not text.strip():
+                if stats is not None:
+                    stats["empty_skipped"] += 1
+                continue
+            cut = holdout_cut(text, self.holdout_fraction)
+            yield text[:cut], text[cut:]
 
     def _build_documents(self, writer: Writer) -> dict[str, int]:
         stats = {"documents": 0, "empty_skipped": 0, "train_tokens": 0, "validation_tokens": 0}
-        for rows in batched(self.source.rows(self.schema), 256):
-            texts = [self.document(row) for row in rows]
-            stats["empty_skipped"] += sum(not t.strip() for t in texts)
-            texts = [t for t in texts if t.strip()]
-            cuts = [holdout_cut(t, self.holdout_fraction) for t in texts]
-            for ids in self.encode([t[:c] for t, c in zip(texts, cuts)]):
+        for chunk in batched(self.parts(self.source.rows(self.schema), stats), 256):
+            for ids in self.encode([head for head, _ in chunk]):
                 writer.append("train", ids)
                 stats["train_tokens"] += len(ids)
             if self.holdout_fraction:
-                held = [t[c:] for t, c in zip(texts, cuts) if t[c:].strip()]
-                for ids in self.encode(held):
+                for ids in self.encode([tail for _, tail in chunk if tail.strip()]):
                     writer.append("validation", ids)
                     stats["validation_tokens"] += len(ids)
-            stats["documents"] += len(texts)
+            stats["documents"] += len(chunk)
         if not stats["documents"]:
             raise ValueError(f"{self.source.name}: no non-empty document in field {self.text_field!r}")
         log.info("%s: tokenized %s", self.name, stats)
@@ -151,11 +169,11 @@ class CorpusTask(SourceTask):
         return arrays
 
     def train_dataset(self) -> Dataset:
-        if self.source.streaming:
+        if not self.cache_tokens:
 
             def documents() -> Iterator[list[int]]:
                 rows = self.source.rows(self.schema, seed=self.seed, shuffle_buffer=self.shuffle_buffer)
-                return self._token_stream(self.document(r) for r in rows)
+                return self._token_stream(head for head, _ in self.parts(rows))
 
             return StreamingPackedRows(documents, self.max_length)
         docs = self._documents()["train"]
@@ -163,10 +181,19 @@ class CorpusTask(SourceTask):
 
     def validation_dataset(self) -> Dataset:
         """Packed validation rows in source order (at most `validation_sequences` of them)."""
-        if self.holdout_fraction:
+        if self.holdout_fraction and self.cache_tokens:
             docs = self._documents()["validation"]
+        elif self.holdout_fraction:
+            docs = self._stream_validation(self.source, held_out=True)
         elif self.validation_split:
-            docs = self._validation_stream_documents()
+            source = Source(
+                self.source.name,
+                split=self.validation_split,
+                hub_config=self.source.hub_config,
+                revision=self.source.revision,
+                streaming=self.source.streaming,
+            )
+            docs = self._stream_validation(source, held_out=False)
         else:
             raise ValueError(
                 f"data {self.name} has no validation data: set data.builder.holdout_fraction (local text) "
@@ -179,26 +206,23 @@ class CorpusTask(SourceTask):
             return Subset(rows, range(self.validation_sequences))
         return rows
 
-    def _validation_stream_documents(self) -> Ragged:
-        source = Source(
-            self.source.name,
-            split=self.validation_split,
-            hub_config=self.source.hub_config,
-            revision=self.source.revision,
-            streaming=self.source.streaming,
-        )
+    def _stream_validation(self, source: Source, held_out: bool) -> Ragged:
+        """Validation documents from the head of a stream, in order, until `validation_sequences` rows
+        are full: the held-out tails of `source`'s documents, or whole documents of a validation split."""
         wanted = self.validation_sequences * self.max_length
 
         def build(writer: Writer) -> dict[str, int]:
+            pairs = self.parts(source.rows(self.schema))
+            texts = (tail for _, tail in pairs if tail.strip()) if held_out else (head for head, _ in pairs)
             tokens = 0
-            for ids in self._token_stream(self.document(r) for r in source.rows(self.schema)):
+            for ids in self._token_stream(texts):
                 writer.append("validation", ids)
                 tokens += len(ids)
                 if tokens >= wanted:
                     break
             return {"validation_tokens": tokens}
 
-        keys = {**self.cache_keys(source), "validation_sequences": self.validation_sequences}
+        keys = {**self.cache_keys(source), "validation_sequences": self.validation_sequences, "held_out": held_out}
         arrays, _ = load_or_build(self.cache_dir, keys, ("validation",), build)
         return arrays["validation"]
 

@@ -5,7 +5,8 @@ phrases), not the paper's numbers. Written as the formats a user's own copy migh
 
     tulu_v2.jsonl            allenai/tulu-v2-sft-mixture: {dataset, id, messages: [{role, content}]}
     metamath.json            meta-math/MetaMathQA (a JSON list): {type, query, original_question, response}
-    pubmed.jsonl             the Pile's PubMed Abstracts: {text: title line + abstract, meta: {pile_set_name}}
+    pubmed.jsonl.zst         the Pile's PubMed Abstracts, zstd-compressed as the hub holds them:
+                             {text: title line + abstract, meta: {pile_set_name}}
     financial_news.parquet   financial news articles: {title, text, url}
 
     python -m mora.data.fixtures DIR [--n N] [--seed S]
@@ -48,7 +49,9 @@ def tulu_rows(n: int, seed: int = 0) -> list[dict]:
 
 
 def metamath_rows(n: int, seed: int = 0) -> list[dict]:
-    """GSM8K-style word problems whose response ends `The answer is: N`, as MetaMathQA's do."""
+    """GSM8K-style word problems whose response ends `The answer is: N`, as MetaMathQA's do; the
+    GSM_FOBAR rows ask backwards as MetaMathQA's do, on a second line ("If we know the answer to the
+    above question is N, what is the value of unknown variable x?")."""
     rng = random.Random(seed)
     rows = []
     for i in range(n):
@@ -59,15 +62,23 @@ def metamath_rows(n: int, seed: int = 0) -> list[dict]:
             f"How many apples does {name} have now?"
         )
         total = have + buy * cost
-        rows.append(
-            {
-                "type": ("GSM_AnsAug", "GSM_Rephrased", "GSM_FOBAR")[i % 3],
-                "query": question,
-                "original_question": question,
-                "response": f"{name} buys {buy} * {cost} = {buy * cost} apples.\n"
-                f"So {name} has {have} + {buy * cost} = {total} apples.\nThe answer is: {total}",
-            }
-        )
+        kind = ("GSM_AnsAug", "GSM_Rephrased", "GSM_FOBAR")[i % 3]
+        if kind == "GSM_FOBAR":
+            query = (
+                question.replace(f"has {have} apples", "has x apples")
+                + f"\nIf we know the answer to the above question is {total}, what is the value of unknown variable x?"
+            )
+            response = (
+                f"{name} buys {buy} * {cost} = {buy * cost} apples.\n"
+                f"So x + {buy * cost} = {total} and x = {have}.\nThe answer is: {have}"
+            )
+        else:
+            query = question
+            response = (
+                f"{name} buys {buy} * {cost} = {buy * cost} apples.\n"
+                f"So {name} has {have} + {buy * cost} = {total} apples.\nThe answer is: {total}"
+            )
+        rows.append({"type": kind, "query": query, "original_question": question, "response": response})
     return rows
 
 
@@ -132,7 +143,7 @@ def news_rows(n: int, seed: int = 0) -> list[dict]:
 FILE_NAMES = {
     "tulu_v2": "tulu_v2.jsonl",
     "metamath": "metamath.json",
-    "pubmed": "pubmed.jsonl",
+    "pubmed": "pubmed.jsonl.zst",
     "financial_news": "financial_news.parquet",
 }
 
@@ -141,13 +152,15 @@ def write_fixtures(directory: str | Path, n: int = 256, seed: int = 0) -> dict[s
     """Write every fixture file into `directory`; returns their paths by dataset name."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+    import zstandard
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / file_name for name, file_name in FILE_NAMES.items()}
     paths["tulu_v2"].write_text("".join(json.dumps(r) + "\n" for r in tulu_rows(n, seed)))
     paths["metamath"].write_text(json.dumps(metamath_rows(n, seed), indent=1))
-    paths["pubmed"].write_text("".join(json.dumps(r) + "\n" for r in pubmed_rows(n, seed)))
+    pubmed = "".join(json.dumps(r) + "\n" for r in pubmed_rows(n, seed)).encode()
+    paths["pubmed"].write_bytes(zstandard.ZstdCompressor().compress(pubmed))
     pq.write_table(pa.Table.from_pylist(news_rows(n, seed)), paths["financial_news"])
     return paths
 

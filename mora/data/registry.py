@@ -94,3 +94,15 @@ def build_task(task: str, tokenizer, **options):
     except TypeError as exc:
         raise ValueError(f"data builder {task!r}: {exc}; set it under data.builder") from None
     return builder(tokenizer=tokenizer, **options)
+
+
+def _builder_keys(node: dict) -> set[str]:
+    """The keys a `data.builder` node may hold: `task` and the options of the builder it names (read by
+    mora.schema before anything is built; an unknown task is left for build_task to name)."""
+    builder = BUILDERS.get(node.get("task"))
+    if builder is None:
+        return set(node)
+    return {"task"} | (accepted_options(builder) - {"tokenizer"})
+
+
+build_task.accepted_keys = _builder_keys

@@ -3,20 +3,28 @@
 A real run names the hub dataset the paper used (`allenai/tulu-v2-sft-mixture`); a user with a local copy,
 and every test, names files instead. Both yield the same rows, so builders never know which it was.
 Local formats: .jsonl (one object a line), .json (a list of objects), .parquet, .txt (a whole file is one
-row `{"text": ...}`); a directory or a glob pattern stands for every such file it holds, in sorted order.
+row `{"text": ...}`), the text formats also compressed (`.jsonl.zst` as the hub's PubMed abstracts come,
+`.jsonl.gz`, `.json.gz`, ...); a directory or a glob pattern stands for every such file it holds, in
+sorted order. Local files are always read lazily; `streaming` only adds the seeded buffer shuffle.
 """
 
 from __future__ import annotations
 
 import glob
+import gzip
+import io
 import json
 import os
-from collections.abc import Iterator
+import random
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".txt")
+TEXT_FORMATS = (".jsonl", ".json", ".txt")
+COMPRESSIONS = (".gz", ".zst")
+LOCAL_SUFFIXES = (*TEXT_FORMATS, ".parquet", *(f + c for f in TEXT_FORMATS for c in COMPRESSIONS))
+FORMATS = ".jsonl, .json or .txt (each also as .gz or .zst) or .parquet"
 
 # A schema maps field names to `str`, a nested schema dict, or a one-item list [item schema]; extra
 # fields in a row are allowed (hub datasets carry ids and provenance columns).
@@ -78,6 +86,45 @@ def looks_local(source: str) -> bool:
     )
 
 
+def local_format(path: Path) -> str | None:
+    """The row format of a local file (.jsonl, .json, .txt or .parquet) under any compression suffix;
+    None for a file that is not a source."""
+    name = path.name
+    for compression in COMPRESSIONS:
+        if name.endswith(compression):
+            name = name[: -len(compression)]
+            return next((f for f in TEXT_FORMATS if name.endswith(f)), None)
+    return next((f for f in (*TEXT_FORMATS, ".parquet") if name.endswith(f)), None)
+
+
+def open_text(path: Path) -> io.TextIOBase:
+    """A text stream over a local file, decompressed on the fly (.gz, .zst)."""
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8")
+    if path.name.endswith(".zst"):
+        import zstandard
+
+        # the Pile's .jsonl.zst files use long-distance windows, beyond zstandard's default limit
+        reader = zstandard.ZstdDecompressor(max_window_size=2**31).stream_reader(path.open("rb"), closefd=True)
+        return io.TextIOWrapper(reader, encoding="utf-8")
+    return path.open(encoding="utf-8")
+
+
+def buffer_shuffle(items: Iterable, seed: int, size: int) -> Iterator:
+    """Items in a seeded random order from a buffer of `size` (size 1: the source order), the way a
+    stream too large to hold is shuffled."""
+    rng, buffer = random.Random(seed), []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        i = rng.randrange(size)
+        yield buffer[i]
+        buffer[i] = item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
 @dataclass
 class Source:
     """A hub dataset (id, config, split, revision; streamed when `streaming`) or local files."""
@@ -93,8 +140,6 @@ class Source:
             raise ValueError(f"data source must be a hub dataset id or a local path, got {self.name!r}")
         self.local = looks_local(self.name)
         self.files = _local_files(self.name) if self.local else []
-        if self.local and self.streaming:
-            raise ValueError(f"{self.name}: streaming reads hub datasets; local files are read whole: set streaming=false")
 
     def fingerprint(self) -> dict[str, Any]:
         """What the cache is keyed on: resolved files with size and mtime, or the hub coordinates."""
@@ -104,11 +149,17 @@ class Source:
         return {"hub": self.name, "config": self.hub_config, "split": self.split, "revision": self.revision}
 
     def rows(self, schema: Schema, seed: int | None = None, shuffle_buffer: int = 10_000) -> Iterator[dict]:
-        """Every row, schema-checked. `seed` shuffles a hub stream through a buffer (map-style data is
+        """Every row, schema-checked. `seed` shuffles a stream through a buffer (map-style data is
         shuffled by the builder after caching, so caches do not depend on the seed). A source with no
         row at all is an error that says so, rather than an empty dataset failing later for another reason."""
+        if self.local:
+            rows = self._local_rows()
+            if seed is not None and self.streaming:
+                rows = buffer_shuffle(rows, seed, shuffle_buffer)
+        else:
+            rows = self._hub_rows(seed, shuffle_buffer)
         count = 0
-        for where, row in self._local_rows() if self.local else self._hub_rows(seed, shuffle_buffer):
+        for where, row in rows:
             check_row(row, schema, where)
             count += 1
             yield row
@@ -121,23 +172,8 @@ class Source:
 
     def _local_rows(self) -> Iterator[tuple[str, Any]]:
         for path in self.files:
-            if path.suffix == ".txt":
-                yield str(path), {"text": path.read_text(encoding="utf-8")}
-            elif path.suffix == ".jsonl":
-                with path.open(encoding="utf-8") as fh:
-                    for n, line in enumerate(fh, 1):
-                        if line.strip():
-                            yield f"{path} line {n}", _parse_json(line, f"{path} line {n}")
-            elif path.suffix == ".json":
-                text = path.read_text(encoding="utf-8")
-                if not text.strip():
-                    continue  # an empty file holds no rows
-                items = _parse_json(text, str(path))
-                if not isinstance(items, list):
-                    raise ValueError(f"{path}: a .json source must hold a list of row objects, not a {type(items).__name__}")
-                for i, item in enumerate(items):
-                    yield f"{path} item {i}", item
-            else:
+            kind = local_format(path)
+            if kind == ".parquet":
                 import pyarrow.parquet as pq
 
                 n = 0
@@ -145,6 +181,23 @@ class Source:
                     for row in batch.to_pylist():
                         yield f"{path} row {n}", row
                         n += 1
+                continue
+            with open_text(path) as fh:
+                if kind == ".txt":
+                    yield str(path), {"text": fh.read()}
+                elif kind == ".jsonl":
+                    for n, line in enumerate(fh, 1):
+                        if line.strip():
+                            yield f"{path} line {n}", _parse_json(line, f"{path} line {n}")
+                else:
+                    text = fh.read()
+                    if not text.strip():
+                        continue  # an empty file holds no rows
+                    items = _parse_json(text, str(path))
+                    if not isinstance(items, list):
+                        raise ValueError(f"{path}: a .json source must hold a list of row objects, not a {type(items).__name__}")
+                    for i, item in enumerate(items):
+                        yield f"{path} item {i}", item
 
     def _hub_rows(self, seed: int | None, shuffle_buffer: int) -> Iterator[tuple[str, Any]]:
         from datasets import load_dataset
@@ -178,16 +231,16 @@ def _fixture_hint(source: str) -> str:
 def _local_files(source: str) -> list[Path]:
     pattern = os.path.expanduser(source)
     if os.path.isdir(pattern):
-        found = sorted(p for p in Path(pattern).iterdir() if p.suffix in LOCAL_SUFFIXES)
+        found = sorted(p for p in Path(pattern).iterdir() if local_format(p))
     else:
         found = sorted(Path(p) for p in glob.glob(pattern))
     if not found:
         raise ValueError(
             f"data source {source!r} matches no local file (relative paths start at {os.getcwd()}); "
-            f"give an existing {'/'.join(LOCAL_SUFFIXES)} file, a directory or a glob, or a hub id like owner/name"
+            f"give an existing {FORMATS} file, a directory or a glob, or a hub id like owner/name"
             + _fixture_hint(source)
         )
-    unknown = [p for p in found if p.suffix not in LOCAL_SUFFIXES]
+    unknown = [p for p in found if not local_format(p)]
     if unknown:
-        raise ValueError(f"{unknown[0]}: unsupported file type; local sources must be {', '.join(LOCAL_SUFFIXES)}")
+        raise ValueError(f"{unknown[0]}: unsupported file type; local sources must be {FORMATS}")
     return [p.resolve() for p in found]

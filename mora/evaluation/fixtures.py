@@ -1,7 +1,9 @@
 """Small offline stand-ins for the benchmark datasets the eval/ tasks read, each in the exact schema of
-its hub dataset, laid out where eval/utils.py's `load_split` looks for local copies:
+its hub dataset, laid out where eval/utils.py's `load_split` looks for local copies: the AdaptLLM
+tasks as their hub repositories hold them, the others in this project's own layout:
 
-    DIR/<hub path>/<hub config>/<split>.jsonl
+    DIR/AdaptLLM/<repo>/<folder on the hub>/test.json       e.g. AdaptLLM/finance-tasks/ConviFinQA/test.json
+    DIR/<hub path>/<hub config>/<split>.jsonl               e.g. openai/gsm8k/main/test.jsonl
 
 Content is templated and seeded (answers are determined by the text, so a model can learn them); it
 exercises the prompts, answer extraction and scoring, not the paper's numbers. MMLU needs no fixture:
@@ -17,6 +19,8 @@ import json
 import os
 import random
 from pathlib import Path
+
+from .harness import eval_utils
 
 MATH_SUBJECTS = (
     "algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory", "prealgebra", "precalculus",
@@ -124,12 +128,31 @@ def sentiment_rows(n: int, rng: random.Random) -> list[dict]:
     return rows
 
 
+# Headline asks nine yes / no questions of every headline; `class_id` says which (AdaptLLM scores each
+# question's F1 apart). The answers follow from the fixture headline's direction, tense and comparison.
+HEADLINE_QUESTIONS = (
+    ("Does the news headline talk about price going up?", lambda up, future, versus: up),
+    ("Does the news headline talk about price going down?", lambda up, future, versus: not up),
+    ("Does the news headline talk about price staying constant?", lambda up, future, versus: False),
+    ("Does the news headline talk about price in the past?", lambda up, future, versus: not future),
+    ("Does the news headline talk about price in the future?", lambda up, future, versus: future),
+    ("Does the news headline talk about a general event (apart from prices) in the past?", lambda up, future, versus: False),
+    ("Does the news headline talk about a general event (apart from prices) in the future?", lambda up, future, versus: False),
+    ("Does the news headline compare gold with any other asset?", lambda up, future, versus: versus),
+    ("Does the news headline talk about past price information?", lambda up, future, versus: not future),
+)
+
+
 def headline_rows(n: int, rng: random.Random) -> list[dict]:
     rows = []
     for i in range(n):
-        up = rng.random() < 0.5
-        prompt = f"Headline: gold prices {'rise' if up else 'fall'} {rng.randint(1, 5)} percent\nDoes the news headline talk about price going up?\nAnswer:"
-        rows.append(_choice_row(i, prompt, ["Yes", "No"], 0 if up else 1))
+        up, future, versus = rng.random() < 0.5, rng.random() < 0.5, rng.random() < 0.5
+        headline = (f"gold prices {'will rise' if future and up else 'will fall' if future else 'rise' if up else 'fall'} "
+                    f"{rng.randint(1, 5)} percent{' against silver' if versus else ''}")
+        class_id = i % len(HEADLINE_QUESTIONS)
+        question, answer = HEADLINE_QUESTIONS[class_id]
+        row = _choice_row(i, f"Headline: {headline}\n{question}\nAnswer:", ["Yes", "No"], 0 if answer(up, future, versus) else 1)
+        rows.append({**row, "class_id": class_id})
     return rows
 
 
@@ -172,12 +195,20 @@ def fixture_tables(n: int = 32, seed: int = 0) -> dict[tuple[str, str, str], lis
     return tables
 
 
+def fixture_path(root: Path, hub_path: str, config: str, split: str) -> Path:
+    """Where a fixture goes: the AdaptLLM repositories' own layout (folder names from eval/utils.py's
+    HUB_FOLDERS, `test.json`), else DIR/<hub path>/<config>/<split>.jsonl."""
+    if hub_path.startswith("AdaptLLM/"):
+        return root / hub_path / eval_utils().HUB_FOLDERS.get((hub_path, config), config) / f"{split}.json"
+    return root / hub_path / config / f"{split}.jsonl"
+
+
 def write_fixtures(directory: str | Path, n: int = 32, seed: int = 0) -> Path:
     """Write every fixture under `directory` (files already there with the same content are kept)."""
     root = Path(directory)
     for (hub_path, config, split), rows in fixture_tables(n, seed).items():
-        path = root / hub_path / config / f"{split}.jsonl"
-        text = "".join(json.dumps(r) + "\n" for r in rows)
+        path = fixture_path(root, hub_path, config, split)
+        text = json.dumps(rows, indent=1) if path.suffix == ".json" else "".join(json.dumps(r) + "\n" for r in rows)
         if path.is_file() and path.read_text() == text:
             continue
         path.parent.mkdir(parents=True, exist_ok=True)

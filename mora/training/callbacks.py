@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from transformers import TrainerCallback
 
-from ..runs import STATUS_RUNNING, RunDir
+from ..runs import STATUS_RUNNING, RunDir, share_files
 from .distributed import barrier, is_main_process
 from .zero import restart_adapters
 
@@ -75,7 +75,9 @@ class RunRecorder(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         barrier()  # several processes: every one has written its shards before the marker appears
         if is_main_process():
-            (Path(args.output_dir) / f"checkpoint-{state.global_step}" / COMPLETE_MARKER).touch()
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            share_files(checkpoint)
+            (checkpoint / COMPLETE_MARKER).touch()
         self._write(STATUS_RUNNING)
 
     def _write(self, status: str) -> None:

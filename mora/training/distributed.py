@@ -115,6 +115,24 @@ def _get(config: dict, dotted: str) -> Any:
     return node
 
 
+class _WithoutAcceleratorProbe:
+    """Drops DeepSpeed's "Setting accelerator to CPU ..." record."""
+
+    def filter(self, record) -> bool:
+        return not record.getMessage().startswith("Setting accelerator to CPU")
+
+
+def quiet_unused_deepspeed() -> None:
+    """accelerate imports DeepSpeed whenever it is installed (to recognise a DeepSpeed engine), and on a
+    machine without a GPU DeepSpeed then logs "Setting accelerator to CPU. If you have GPU ...": noise on
+    a run that does not use DeepSpeed. Drop that one line (DeepSpeed's logger is named "DeepSpeed")."""
+    import logging
+
+    logger = logging.getLogger("DeepSpeed")
+    if not any(isinstance(f, _WithoutAcceleratorProbe) for f in logger.filters):
+        logger.addFilter(_WithoutAcceleratorProbe())
+
+
 def check_deepspeed_config(ds: Any, train_cfg, world: int, accumulation: int) -> dict:
     """Reject a DeepSpeed config that contradicts the Hydra config, naming the key and the fix.
 

@@ -11,6 +11,11 @@ complete checkpoint and stops; `mora.train` records the run as `interrupted` and
 
 Either way nothing is lost beyond the step in flight, and a run resumed this way ends with the
 metrics of one that never stopped (tests/test_slurm.py checks it on a real Slurm).
+
+Ctrl-C (SIGINT) stops the same way, but for good: exit status 130 and no requeue; the same command
+run again resumes. A second Ctrl-C stops at once (KeyboardInterrupt); `mora.train` then deletes the
+checkpoint it may have cut short, so a relaunch resumes from the last complete one
+(tests/test_faults.py checks both).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ log = logging.getLogger("mora")
 
 STATUS_INTERRUPTED = "interrupted"  # metrics.json status of a run stopped by a signal (relaunch resumes it)
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: "try again later"; slurm/array.sbatch requeues a task that exits with it
+EXIT_CTRL_C = 128 + signal.SIGINT  # what a shell reports for a program Ctrl-C stopped: not requeued
 
 
 def _submitit_signal() -> signal.Signals | None:
@@ -47,8 +53,16 @@ class RunInterrupted(BaseException):
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
         super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint {checkpoint}")
 
+    @property
+    def by_user(self) -> bool:
+        """Ctrl-C: the user stopped the run; nothing is requeued."""
+        return self.signum == signal.SIGINT
+
     def exit(self) -> None:
-        """Leave the process so that the job comes back: submitit's requeue, else exit status 75."""
+        """Leave the process so that the job comes back: submitit's requeue, else exit status 75; after
+        Ctrl-C, exit status 130 and no requeue."""
+        if self.by_user:
+            sys.exit(EXIT_CTRL_C)
         sig = _submitit_signal()
         handler = signal.getsignal(sig) if sig is not None else None
         if callable(handler):
@@ -66,7 +80,7 @@ class GracefulStop(TrainerCallback):
         self._previous: dict[int, object] = {}
 
     def signals(self) -> list[int]:
-        out = [signal.SIGTERM]
+        out = [signal.SIGTERM, signal.SIGINT]
         sig = _submitit_signal()
         if sig is not None and sig not in out:
             out.append(sig)
@@ -75,7 +89,12 @@ class GracefulStop(TrainerCallback):
     def _handle(self, signum, frame) -> None:
         if self.received is None:
             self.received = signum
-            log.warning("caught %s: saving a checkpoint at the end of this step, then stopping", signal.Signals(signum).name)
+            again = " (Ctrl-C again stops at once)" if signum == signal.SIGINT else ""
+            log.warning(
+                "caught %s: saving a checkpoint at the end of this step, then stopping%s", signal.Signals(signum).name, again
+            )
+        elif signum == signal.SIGINT:
+            raise KeyboardInterrupt("a second Ctrl-C stopped it at once")
 
     @contextlib.contextmanager
     def installed(self) -> Iterator["GracefulStop"]:

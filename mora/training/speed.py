@@ -52,7 +52,9 @@ def compile_backend(setting: bool | str) -> str | None:
 def compile_blocks(model: nn.Module, backend: str = "inductor") -> int:
     """torch.compile every block in place (nn.Module.compile); returns how many."""
     blocks = repeated_blocks(model)
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.7
+    setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
     for block in blocks:
         block.compile(backend=backend)
     return len(blocks)
