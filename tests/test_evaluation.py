@@ -132,23 +132,24 @@ def test_mora_evaluate_scores_a_finished_run_by_its_overrides(tmp_path, caplog):
     assert json.loads(path.read_text())["scores"] == metrics["scores"]
     assert metrics["benchmarks"]["mmlu_0shot"]["scoring"] == "paper"
     # another scoring mode is another result: scored again, and recorded
-    standard = evaluate(compose([*TINY_RUN, f"paths.runs_dir={tmp_path / 'runs'}", "method=mora", "method.r=4",
-                                 "benchmark=mmlu_dev", "benchmark.limit=5", "~benchmark.suites.mmlu_5shot",
-                                 "benchmark.scoring=standard"]))
+    standard_cfg = compose([*TINY_RUN, f"paths.runs_dir={tmp_path / 'runs'}", "method=mora", "method.r=4",
+                            "benchmark=mmlu_dev", "benchmark.limit=5", "~benchmark.suites.mmlu_5shot",
+                            "benchmark.scoring=standard"])
+    standard = evaluate(standard_cfg)
     assert standard["benchmarks"]["mmlu_0shot"]["scoring"] == "standard"
     assert standard["benchmarks"]["mmlu_0shot"]["key"]["scoring"] == "standard"
     with pytest.raises(ValueError, match=r"benchmark.scoring must be one of \('paper', 'standard'\), got 'lenient'"):
         evaluate(compose([*TINY_RUN, f"paths.runs_dir={tmp_path / 'runs'}", "method=mora", "method.r=4",
                           "benchmark=mmlu_dev", "benchmark.scoring=lenient"]))
 
-    # asked again: nothing is scored, and the log says the score is the stored one
+    # asked again (the last mode scored): nothing is scored, and the log says the score is the stored one
     stamp = path.stat().st_mtime_ns
     caplog.clear()
     with caplog.at_level("INFO", logger="mora"):
-        assert evaluate(cfg)["scores"] == metrics["scores"]
+        assert evaluate(standard_cfg)["scores"] == standard["scores"]
     said = [r.getMessage() for r in caplog.records if r.name == "mora"]
     assert said == [f"run {path.parent.name}: mmlu_0shot is cached (scored before with these settings): "
-                    f"mmlu0 {metrics['scores']['mmlu0']:.4g}; benchmark.force=true scores it again"]
+                    f"mmlu0 {standard['scores']['mmlu0']:.4g}; benchmark.force=true scores it again"]
     assert path.stat().st_mtime_ns == stamp
 
     missing = compose([*TINY_RUN, f"paths.runs_dir={tmp_path / 'runs'}", "method=mora", "method.r=8", "benchmark=mmlu_dev"])
