@@ -143,6 +143,28 @@ def test_no_path_enters_the_identity(tmp_path, corpus, monkeypatch):
         assert str(tmp_path) not in text and "cache_dir" not in text, text
 
 
+def test_a_local_tokenizer_enters_by_its_files_content_not_its_cache(tmp_path, corpus, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = [*C4_LOCAL, "model=llama_250m_local", f"data.builder.source={corpus}/*.txt", f"model.tokenizer.files={corpus}/*.txt"]
+    base = rid(*run, f"paths.cache_dir={tmp_path / 'a'}")
+    assert rid(*run, f"paths.cache_dir={tmp_path / 'b'}") == base
+    assert rid(*run, f"model.tokenizer.files=[{corpus}/b.txt,{corpus}/a.txt]") == base  # the same files, read sorted
+    assert rid(*run, f"model.tokenizer.files={corpus}/a.txt") != base
+    assert rid(*run, "model.tokenizer.vocab_size=32000") != base
+
+
+def test_a_stored_config_naming_a_foreign_target_is_refused_without_importing_it():
+    import sys
+
+    from mora.builders import RefusedTarget
+
+    config = container("experiment=uuid_mini")
+    config["eval"]["metric"]["_target_"] = "mora_no_such_module_xyz.run"
+    with pytest.raises(RefusedTarget, match="not one of this project's builders"):
+        run_id(config)
+    assert "mora_no_such_module_xyz" not in sys.modules
+
+
 def test_the_digest_cache_is_used_while_the_stat_is_unchanged(tmp_path):
     from mora import fingerprint
 
