@@ -12,7 +12,10 @@ Each run's id comes from its composed config (mora.runs); a run whose metrics.js
 is skipped and listed; a failed, interrupted or half-done one is launched again (and resumes from
 its last complete checkpoint), and so is one that trained but lacks a benchmark score the table
 reads (mora.train then only scores it). On Slurm, tasks of an earlier launch still queued or running
-are left alone too. Relaunching a finished grid launches nothing.
+are left alone too. Relaunching a finished grid launches nothing. A stale run (recorded by code whose
+results version has been bumped since, or stored under an older id scheme: docs/results_store.md) is
+listed and skipped; `--rerun-stale` trains those again (mora.train moves the old record to
+<experiment>/.stale/ first; nothing is deleted).
 
 What gets written, under <runs-dir>/.launch/<artifact>-<section>-<time>/:
   manifest.txt   one line of Hydra overrides per task (task i = line i); what the array job runs
@@ -45,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from .report import CONF_DIR, Composer, candidates_for, load_spec, lookup
-from .runs import STATUS_COMPLETED, read_json
+from .runs import OLD_SCHEME, STATUS_COMPLETED, read_json, stale_reason
 
 ROOT = Path(__file__).resolve().parent.parent
 SBATCH_TEMPLATE = ROOT / "slurm" / "array.sbatch"
@@ -63,10 +66,12 @@ class Cell:
     run_id: str
     path: str
     overrides: list[str]
-    status: str = "missing"  # completed | unscored | running | interrupted | failed | missing | queued (on Slurm)
+    status: str = "missing"  # completed | unscored | running | interrupted | failed | missing | stale | queued (on Slurm)
     detail: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     scores: list[str] = field(default_factory=list)  # benchmark scores the report reads from this run
+    versions: dict[str, int] = field(default_factory=dict)  # the results versions the current code gives it
+    legacy: str = ""  # its directory under an older id scheme, when only that exists
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,6 +121,8 @@ def expand(spec_path: str | Path, sections: list[str], runs_dir: str | Path, ext
                                 extra={"section": name, "row": row.label, "group": group.name, "seed": run["seed"],
                                        "lr": candidate.lr, **{k: v for k, v in candidate.sweep.items()}},
                                 scores=list(scores),
+                                versions=run["versions"],
+                                legacy=str(run["legacy"] or ""),
                             )
     out = list(cells.values())
     check_cells(out, spec.path, conf_dir)
@@ -175,14 +182,21 @@ def check_cells(cells: list[Cell], where: Path, conf_dir: Path = CONF_DIR) -> No
 def refresh(cell: Cell) -> Cell:
     """The cell's status from its metrics.json. A run that finished training but lacks a score the
     report reads (its evaluation failed or was cut short) is `unscored`: launched again, mora.train
-    skips the training and scores it."""
+    skips the training and scores it. A run recorded by other code, or found only under an older id
+    scheme, is `stale`, whatever its status."""
     metrics_path = Path(cell.path) / "metrics.json"
     cell.status, cell.detail = "missing", ""
     if not metrics_path.is_file():
+        if cell.legacy:
+            cell.status, cell.detail = "stale", f"{OLD_SCHEME}: {cell.legacy} (python -m mora.runs migrate re-keys it)"
         return cell
     try:
         metrics = read_json(metrics_path)
     except (OSError, ValueError):
+        return cell
+    reason = stale_reason(metrics, cell.versions)
+    if reason:
+        cell.status, cell.detail = "stale", f"stale ({metrics.get('status')}): {reason}"
         return cell
     cell.status = metrics.get("status") or "missing"
     if metrics.get("error"):  # a failed run says why (e.g. the step its loss went NaN)
@@ -428,6 +442,12 @@ def run_sbatch(cells: list[Cell], out: Path, sbatch_args: list[str], parallel: i
 # the command
 
 
+def to_launch(cells: list[Cell], rerun_stale: bool) -> list[Cell]:
+    """The cells to run: everything not finished and not queued; stale ones only when asked."""
+    skip = {STATUS_COMPLETED, "queued"} | (set() if rerun_stale else {"stale"})
+    return [c for c in cells if c.status not in skip]
+
+
 def print_plan(cells: list[Cell], todo: list[Cell]) -> None:
     skipped = [c for c in cells if c not in todo]
     for cell in skipped:
@@ -438,8 +458,12 @@ def print_plan(cells: list[Cell], todo: list[Cell]) -> None:
         print(f"launch  {cell.label}  [{why}]  {cell.path}")
     done = sum(c.status == STATUS_COMPLETED for c in cells)
     queued = sum(c.status == "queued" for c in cells)
-    print(f"grid: {len(cells)} runs; {done} finished, {queued} queued on Slurm: skipped {len(skipped)}; launching {len(todo)}",
-          flush=True)
+    stale = sum(c.status == "stale" for c in cells)
+    print(f"grid: {len(cells)} runs; {done} finished, {queued} queued on Slurm, {stale} stale: skipped {len(skipped)}; "
+          f"launching {len(todo)}", flush=True)
+    if any(c.status == "stale" for c in skipped):
+        print("stale runs are listed, not launched: --rerun-stale trains them again (their records move to "
+              "<experiment>/.stale/)", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -461,6 +485,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="local: processes running runs in parallel")
     parser.add_argument("--no-wait", action="store_true", help="sbatch: submit and return")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and the manifest; launch nothing")
+    parser.add_argument("--rerun-stale", action="store_true",
+                        help="also launch the stale runs (made by older code or under an older id scheme)")
     args = parser.parse_args(argv)
 
     runs_dir = Path(args.runs_dir).resolve()
@@ -475,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     mark_in_flight(cells)
-    todo = [c for c in cells if c.status not in (STATUS_COMPLETED, "queued")]
+    todo = to_launch(cells, args.rerun_stale)
     print_plan(cells, todo)
     if not todo:
         print("nothing to launch: submitted 0 jobs")

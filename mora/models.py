@@ -14,6 +14,13 @@ from pathlib import Path
 
 import torch
 
+# Bump when a builder here changes what it builds (initialisation, vocabulary): runs made before are stale.
+RESULTS_VERSION = 1
+# Options naming a hub id or local files: local ones enter the run id by their content (mora/identity.py);
+# and options that say where work is cached, not what is built: not part of the run id.
+LOCATION_OPTIONS = ("name_or_path", "files")
+INERT_OPTIONS = ("cache_dir",)
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 

@@ -7,7 +7,9 @@ our numbers beside the paper's, and its figure (PNG) when it is one.
 The report reads only `experiments/*.yaml` and the results store; it never trains or evaluates. For
 each cell it works out which runs should exist: the spec's overrides are composed with Hydra exactly as
 `mora.train` would compose them, which gives the run id, hence `runs/<experiment>/<run_id>/`. A cell
-with no finished run is marked and its footnote lists the run ids (and commands) that would fill it.
+with no finished run is marked and its footnote lists the run ids (and commands) that would fill it. A
+number from a stale run (recorded by older code, or stored under an older id scheme and found through
+its config.json: docs/results_store.md) is shown marked `†`, with the run and the reason under the table.
 
 Spec format (one YAML per artifact; see experiments/table1.yaml for a full one):
 
@@ -61,7 +63,8 @@ from typing import Any
 import yaml
 
 from .builders import check_overrides, check_targets
-from .runs import STATUS_COMPLETED, read_json, run_id
+from .identity import hash_identity, results_versions, run_identity
+from .runs import OLD_SCHEME, STATUS_COMPLETED, legacy_runs, read_json, stale_reason
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = ROOT / "conf"
@@ -294,7 +297,7 @@ def paper_reference(spec: Spec, section: Section, row_index: int, column_index: 
 class Candidate:
     lr: Any
     sweep: dict[str, Any]
-    runs: list[dict]  # {seed, run_id, path, overrides, metrics | None}
+    runs: list[dict]  # {seed, run_id, path, overrides, metrics | None, stale (why) | None, legacy (path) | None, versions}
 
     def describe(self) -> str:
         parts = ([f"lr={self.lr:g}"] if isinstance(self.lr, (int, float)) else []) + [f"{k}={v}" for k, v in self.sweep.items()]
@@ -312,7 +315,8 @@ class Composer:
         self.conf_dir = conf_dir
         self.groups = {p.name for p in conf_dir.iterdir() if p.is_dir()}
         self.composed: dict[tuple, Any] = {}
-        self.cache: dict[tuple, tuple[str, str]] = {}
+        self.cache: dict[tuple, tuple[str, str, dict[str, int]]] = {}
+        self.legacy: dict[Path, dict[str, Path]] = {}
         self._ctx = None
 
     def __enter__(self):
@@ -331,7 +335,8 @@ class Composer:
         return (override.type == OverrideType.CHANGE and override.package is None
                 and "." in override.key_or_group and override.key_or_group.split(".")[0] not in ("hydra",))
 
-    def run_of(self, overrides: list[str], where: str) -> tuple[str, str]:
+    def run_of(self, overrides: list[str], where: str) -> tuple[str, str, dict[str, int]]:
+        """(experiment, run id, results versions) of the run the overrides compose."""
         key = tuple(overrides)
         if key in self.cache:
             return self.cache[key]
@@ -358,8 +363,34 @@ class Composer:
         except Exception as exc:
             raise ValueError(f"{where}: overrides {list(overrides)} do not compose: {type(exc).__name__}: {exc}") from None
         check_targets(container, where)
-        self.cache[key] = (str(container["experiment_name"]), run_id(container))
+        try:  # the id is that of the validated run: a bad option or a missing data file stops here
+            rid, versions = hash_identity(run_identity(container)), results_versions(container)
+        except Exception as exc:
+            raise ValueError(f"{where}: overrides {list(overrides)} are not a valid run: {type(exc).__name__}: {exc}") from None
+        self.cache[key] = (str(container["experiment_name"]), rid, versions)
         return self.cache[key]
+
+    def legacy_run(self, runs_dir: Path, experiment: str, rid: str) -> Path | None:
+        """The run stored under an older id scheme that the current scheme names `rid` (read once per experiment)."""
+        where = runs_dir / experiment
+        if where not in self.legacy:
+            self.legacy[where] = legacy_runs(runs_dir, experiment)
+        return self.legacy[where].get(rid)
+
+
+def stored_run(composer: Composer, runs_dir: Path, overrides: list[str], where: str) -> dict:
+    """Where the run the overrides compose lives, what it recorded and whether that is stale: its own
+    directory, else (listed as stale) the directory an older id scheme gave it."""
+    experiment, rid, versions = composer.run_of(overrides, where)
+    path = runs_dir / experiment / rid
+    metrics = read_json(path / "metrics.json") if (path / "metrics.json").is_file() else None
+    stale = stale_reason(metrics, versions) if metrics else None
+    legacy = composer.legacy_run(runs_dir, experiment, rid) if metrics is None else None
+    if legacy is not None:
+        metrics = read_json(legacy / "metrics.json")
+        stale = f"{OLD_SCHEME} ({legacy}; python -m mora.runs migrate {runs_dir} re-keys it)"
+    return {"run_id": rid, "path": path, "overrides": overrides, "metrics": metrics, "stale": stale,
+            "legacy": legacy, "versions": versions}
 
 
 def candidates_for(spec: Spec, section: Section, row: Row, group: Group, composer: Composer, runs_dir: Path,
@@ -374,10 +405,8 @@ def candidates_for(spec: Spec, section: Section, row: Row, group: Group, compose
                 overrides = [f"experiment={group.experiment}", *section.overrides, *group.overrides, *row.overrides,
                              *(f"{k}={v}" for k, v in sweep.items()), *([f"train.lr={lr}"] if lr is not None else []),
                              f"seed={seed}", *extra]
-                experiment, rid = composer.run_of(overrides, _where(spec.path, section.name, row.label, group.name))
-                path = runs_dir / experiment / rid
-                metrics = read_json(path / "metrics.json") if (path / "metrics.json").is_file() else None
-                runs.append({"seed": seed, "run_id": rid, "path": path, "overrides": overrides, "metrics": metrics})
+                run = stored_run(composer, runs_dir, overrides, _where(spec.path, section.name, row.label, group.name))
+                runs.append({"seed": seed, **run})
             out.append(Candidate(lr, sweep, runs))
     return out
 
@@ -432,6 +461,7 @@ class Cell:
     candidate: Candidate | None
     status: str  # ok | missing | partial (some seeds or grid points missing)
     note: int | None = None
+    stale: bool = False  # a run it averages was made by older code or is stored under an old id
 
 
 @dataclass
@@ -485,6 +515,7 @@ class Table:
     cells: list[list[Cell]]
     choices: list[dict[str, GroupChoice]]
     notes: list[str]
+    stale: list[str] = field(default_factory=list)  # "<run dir>: why" for every stale run a cell shows
 
 
 def build_table(spec: Spec, section_name: str, runs_dir: str | Path, extra: list[str] | None = None,
@@ -499,7 +530,7 @@ def build_table(spec: Spec, section_name: str, runs_dir: str | Path, extra: list
         raise ValueError(f"{spec.path}: no section {section_name!r}; it has {sorted(spec.sections)}")
     section = spec.sections[section_name]
     extra = list(extra or [])
-    cells, choices, notes = [], [], []
+    cells, choices, notes, stale = [], [], [], []
     note_of: dict[tuple, int] = {}
     with Composer(conf_dir) as composer:
         for ri, row in enumerate(section.rows):
@@ -512,13 +543,17 @@ def build_table(spec: Spec, section_name: str, runs_dir: str | Path, extra: list
             for ci, column in enumerate(section.columns):
                 choice = row_choices[column.group]
                 paper = paper_reference(spec, section, ri, ci)
-                values = []
+                values, stale_here = [], False
                 if choice.candidate is not None:
                     for run in choice.candidate.runs:
                         if _completed(run):
                             v = lookup(run["metrics"], column.metric, column.step)
                             if v is not None:
                                 values.append(float(v))
+                                stale_here = stale_here or bool(run["stale"])
+                                line = f"{run['legacy'] or run['path']}: {run['stale']}"
+                                if run["stale"] and line not in stale:
+                                    stale.append(line)
                 if not values:
                     key = (ri, column.group)
                     if key not in note_of:
@@ -528,9 +563,10 @@ def build_table(spec: Spec, section_name: str, runs_dir: str | Path, extra: list
                     continue
                 std = statistics.stdev(values) if len(values) > 1 else None
                 complete = all(_completed(r) for c in choice.candidates for r in c.runs)
-                row_cells.append(Cell(_mean(values), std, len(values), paper, choice.candidate, "ok" if complete else "partial"))
+                row_cells.append(Cell(_mean(values), std, len(values), paper, choice.candidate,
+                                      "ok" if complete else "partial", stale=stale_here))
             cells.append(row_cells)
-    return Table(spec, section, cells, choices, notes)
+    return Table(spec, section, cells, choices, notes, stale)
 
 
 def row_name(row: Row) -> str:
@@ -544,6 +580,7 @@ def _missing_note(row: Row, group: Group, choice: GroupChoice, runs_dir: Path) -
         for run in candidate.runs:
             metrics = run["metrics"] or {}
             status = metrics.get("status", "not started") + (f": {metrics['error']}" if metrics.get("error") else "")
+            status += f"; stale: {run['stale']}" if run["stale"] else ""
             lines.append(f"    {runs_dir / group.experiment / run['run_id']}  [{status}]  {candidate.describe()}, seed {run['seed']}")
     first = choice.candidates[0].runs[0]["overrides"] if choice.candidates and choice.candidates[0].runs else []
     lines.append("    e.g. python -m mora.train " + " ".join(_shell(o) for o in first))
@@ -572,6 +609,8 @@ def cell_text(cell: Cell, fmt: str, latex: bool = False, paper: bool = True) -> 
             ours += (f"$\\pm${cell.std:{fmt}}" if latex else f" ± {cell.std:{fmt}}")
         if cell.status == "partial" and not latex:
             ours += "*"
+        if cell.stale:
+            ours += "$^\\dagger$" if latex else "†"
     if not paper:
         return ours
     reference = (("--" if latex else MISSING) if cell.paper is None else format(cell.paper, fmt))
@@ -614,6 +653,12 @@ def render_markdown(table: Table) -> str:
                      "lm-eval's (README, Benchmarks).")
     if any(c.status == "partial" for cells in table.cells for c in cells):
         lines.append("`*`: chosen from an incomplete grid (some learning rates or seeds have no finished run).")
+    if table.stale:
+        lines.append("`†`: from stale runs, recorded by older code or under an older id scheme; "
+                     "`python -m mora.launch <spec> --section <section> --rerun-stale` trains them again "
+                     "(their records move to .stale/, nothing is deleted):")
+        lines.append("")
+        lines += [f"    {line}" for line in table.stale]
     if table.notes:
         lines.append("")
         lines.append(f"`{MISSING} [n]`: no finished run yet; it would come from:")
@@ -650,7 +695,7 @@ def table_records(table: Table) -> list[dict]:
                 "ours_std": "" if cell.std is None else round(cell.std, 6),
                 "n_seeds": cell.n,
                 "paper": "" if cell.paper is None else cell.paper,
-                "status": cell.status,
+                "status": "stale" if cell.stale else cell.status,
                 "chosen": chosen.describe() if chosen else "",
                 "run_ids": " ".join(r["run_id"] for r in chosen.runs if _completed(r)) if chosen and cell.value is not None else "",
                 "grid_run_ids": " ".join(r["run_id"] for c in choice.candidates for r in c.runs),
@@ -838,8 +883,8 @@ def render(spec_path: str | Path, runs_dir: str | Path, out_dir: str | Path, sec
 
 def pending_commands(spec_path: str | Path, runs_dir: str | Path, sections: list[str] | None = None,
                      extra: list[str] | None = None, conf_dir: Path = CONF_DIR) -> list[str]:
-    """`python -m mora.train ...` for every run of the spec's grids that has not finished (printing
-    them is all the report does: launching is the caller's)."""
+    """`python -m mora.train ...` for every run of the spec's grids that has not finished or is stale
+    (printing them is all the report does: launching is the caller's)."""
     spec = load_spec(spec_path, conf_dir)
     runs_dir = Path(runs_dir)
     commands: list[str] = []
@@ -851,7 +896,7 @@ def pending_commands(spec_path: str | Path, runs_dir: str | Path, sections: list
                     for candidate in candidates_for(spec, section, row, group, composer, runs_dir, list(extra or [])):
                         for run in candidate.runs:
                             command = "python -m mora.train " + " ".join(_shell(o) for o in run["overrides"])
-                            if not _completed(run) and command not in commands:
+                            if (not _completed(run) or run["stale"]) and command not in commands:
                                 commands.append(command)
     return commands
 

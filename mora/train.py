@@ -27,7 +27,9 @@ from . import kernels
 from .adapters import AdapterConfig, apply_adapters, config_from_dict, merge_and_unload, save_adapter
 from .builders import build, check_targets
 from .evaluate import evaluate_run, wants_evaluation
+from .data.registry import provenance
 from .evaluation.spectrum import SNAPSHOT_NAME, save_snapshot
+from .identity import code_version
 from .runs import CONFIG_NAME, STATUS_COMPLETED, STATUS_FAILED, RunDir, read_json, share_files
 from .safe_load import check_checkpoint, weights_only
 from .schema import check_config, set_or_add_overrides
@@ -62,7 +64,7 @@ def run_summary(cfg: DictConfig, method_cfg: AdapterConfig) -> dict[str, Any]:
         "model": cfg.model.name,
         "method": cfg.method.method,
         "rank": method_cfg.r if method_cfg.layer_class is not None else None,
-        "kind": cfg.method.get("kind"),
+        "kind": getattr(method_cfg, "kind", None),  # as validated: `auto` resolved
         "lr": cfg.train.lr,
         "seed": cfg.seed,
         "max_steps": cfg.train.max_steps,
@@ -158,7 +160,8 @@ def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, Any]:
     run = RunDir(cfg.paths.runs_dir, cfg.experiment_name, container)
     if (run.path / CONFIG_NAME).is_file():  # a relaunch: the store's record of the run is data, checked
         check_targets(read_json(run.path / CONFIG_NAME), f"run {run.path}")
-    if run.finished:
+    stale = run.stale()  # recorded by other code: trained afresh, the old record moved aside
+    if run.finished and not stale:
         log.info("run %s is already finished (%s): skipping it", run.id, run.path)
         if evaluate_after_training(cfg):
             evaluate_run(run.path, cfg.benchmark, container)
@@ -194,8 +197,10 @@ def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, Any]:
 
     # Everything is checked: from here on the run is recorded, by one process at a time.
     if main_process:
+        if stale:
+            run.set_aside()
         held.enter_context(run.claimed())
-        if run.finished and world_size() == 1:  # finished by another process while this one got ready
+        if run.finished and not run.stale() and world_size() == 1:  # finished by another process while this one got ready
             log.info("run %s was finished meanwhile (%s): skipping it", run.id, run.path)
             return run.metrics()
         run.write_config()
@@ -206,7 +211,7 @@ def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, Any]:
         share_files(run.path / SNAPSHOT_NAME)
     if main_process:
         discard_torn_checkpoints(run.checkpoints)  # left by a process killed while writing them
-    resume = last_complete_checkpoint(run.checkpoints)
+    resume = None if stale else last_complete_checkpoint(run.checkpoints)
     if resume:
         check_checkpoint(resume, f"run {run.path}")
     previous = (run.metrics() or {}) if resume else {}
@@ -214,6 +219,9 @@ def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, Any]:
         "experiment": cfg.experiment_name,
         "summary": run_summary(cfg, method_cfg),
         "budget": report.to_dict(),
+        "results_versions": run.versions,
+        "code": code_version(),
+        "data": provenance(task),
         "evals": previous.get("evals", []),
         "wall_seconds_before": previous.get("wall_seconds", 0.0),
     }

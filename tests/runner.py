@@ -61,3 +61,13 @@ def wait_for(predicate, timeout: float) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+def current_record(overrides: list[str]) -> dict:
+    """What mora.train writes into every metrics.json beside the results (the id scheme, the results
+    versions of the run the overrides compose): a synthetic store needs it to read as current, not stale."""
+    from omegaconf import OmegaConf
+
+    from mora.identity import ID_SCHEME, results_versions
+
+    return {"id_scheme": ID_SCHEME, "results_versions": results_versions(OmegaConf.to_container(compose(overrides), resolve=True))}

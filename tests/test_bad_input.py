@@ -24,7 +24,7 @@ def test_unknown_method():
 
 
 def test_unknown_kind():
-    with pytest.raises(ValueError, match=r"unknown kind 'spiral'; choose one of \('sharing', 'rotation'"):
+    with pytest.raises(ValueError, match=r"unknown kind 'spiral'; choose one of \('auto', 'sharing', 'rotation'"):
         make_adapter(nn.Linear(8, 8), "mora", 2, kind="spiral")
     with pytest.raises(ValueError, match="mora_type must be one of"):
         make_adapter(nn.Linear(8, 8), "mora", 2, mora_type=5)

@@ -37,7 +37,7 @@ ROWS = {
                        r"Could not find 'method/vera'.*Available options in 'method':.*\bmora\b"),
     "unknown-method-name": (["method.method=vera"], ValueError, r"unknown method 'vera'; choose one of \[.*'mora'"),
     "unknown-kind": (["method=mora", "method.kind=spiral"], ValueError,
-                     r"unknown kind 'spiral'; choose one of \('sharing', 'rotation'"),
+                     r"unknown kind 'spiral'; choose one of \('auto', 'sharing', 'rotation'"),
     "unknown-model": (["model=gpt5"], MissingConfigException,
                       r"Could not find 'model/gpt5'.*Available options in 'model':.*tiny_llama"),
     "unknown-data": (["data=wiki"], MissingConfigException, r"Could not find 'data/wiki'.*Available options in 'data':.*uuid"),

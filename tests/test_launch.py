@@ -14,6 +14,7 @@ import yaml
 
 from runner import ROOT, TINY_RUN
 
+from mora.identity import ID_SCHEME
 from mora.launch import expand, main
 
 TINY_OVERRIDES = [arg for o in TINY_RUN[1:] for arg in ("--override", o)]  # TINY_RUN[0] is experiment=
@@ -39,9 +40,11 @@ def _spec(tmp_path: Path, text: str = SPEC) -> Path:
     return path
 
 
-def _fake_run(path: str, status: str) -> None:
-    Path(path).mkdir(parents=True, exist_ok=True)
-    (Path(path) / "metrics.json").write_text(json.dumps({"status": status, "evals": []}))
+def _fake_run(cell, status: str, **metrics) -> None:
+    """A record as the current code writes it (id scheme, results versions), with `status`."""
+    Path(cell.path).mkdir(parents=True, exist_ok=True)
+    record = {"status": status, "evals": [], "id_scheme": ID_SCHEME, "results_versions": cell.versions, **metrics}
+    (Path(cell.path) / "metrics.json").write_text(json.dumps(record))
 
 
 def test_table2_paper_grid_matches_the_report(tmp_path):
@@ -62,9 +65,9 @@ def test_relaunch_skips_finished_and_relaunches_the_rest(tmp_path, capsys):
     spec = _spec(tmp_path)
     cells = expand(spec, ["mini"], tmp_path / "runs", TINY_RUN[1:])
     assert len(cells) == 4
-    _fake_run(cells[0].path, "completed")
-    _fake_run(cells[1].path, "failed")
-    _fake_run(cells[2].path, "interrupted")
+    _fake_run(cells[0], "completed")
+    _fake_run(cells[1], "failed")
+    _fake_run(cells[2], "interrupted")
     rc = main([str(spec), "--section", "mini", "--runs-dir", str(tmp_path / "runs"), *TINY_OVERRIDES, "--dry-run"])
     out = capsys.readouterr().out
     assert rc == 0
@@ -75,7 +78,7 @@ def test_relaunch_skips_finished_and_relaunches_the_rest(tmp_path, capsys):
     assert not (tmp_path / "runs" / ".launch").exists()  # a dry run writes nothing
 
     for cell in cells:
-        _fake_run(cell.path, "completed")
+        _fake_run(cell, "completed")
     rc = main([str(spec), "--section", "mini", "--runs-dir", str(tmp_path / "runs"), *TINY_OVERRIDES])
     out = capsys.readouterr().out
     assert rc == 0 and "nothing to launch: submitted 0 jobs" in out and out.count("skip    ") == 4
@@ -88,9 +91,8 @@ def test_trained_but_unscored_runs_are_launched_again(tmp_path, capsys):
     cells = expand(spec, ["mini"], tmp_path / "runs", TINY_RUN[1:])
     assert all(c.scores == ["char_acc"] for c in cells)
     for cell in cells:
-        _fake_run(cell.path, "completed")
-    metrics = Path(cells[0].path) / "metrics.json"
-    metrics.write_text(json.dumps({"status": "completed", "final": {"step": 6, "char_acc": 12.5}}))
+        _fake_run(cell, "completed")
+    _fake_run(cells[0], "completed", final={"step": 6, "char_acc": 12.5})
     rc = main([str(spec), "--section", "mini", "--runs-dir", str(tmp_path / "runs"), *TINY_OVERRIDES, "--dry-run"])
     out = capsys.readouterr().out
     assert rc == 0 and "skipped 1; launching 3" in out

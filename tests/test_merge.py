@@ -194,7 +194,7 @@ def test_load_adapter_kind_mismatch_names_the_option(make_tiny_llama, tmp_path):
     apply_adapters(model, {"method": "mora", "r": 2, "kind": "rotation"})
     save_adapter(model, tmp_path)
     other = make_tiny_llama()
-    apply_adapters(other, {"method": "mora", "r": 2})
+    apply_adapters(other, {"method": "mora", "r": 2, "kind": "sharing"})
     with pytest.raises(ValueError, match=r"'kind': \('rotation', 'sharing'\)"):
         load_adapter(other, tmp_path)
 

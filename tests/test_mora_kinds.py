@@ -212,7 +212,7 @@ def test_modulo_groups_wrap_padding_example():
 
 def test_sharing_type1_forward_on_explicit_vector():
     """k = 5, d = 6, r = 1 -> r̂ = round(sqrt(11)) = 3; check the forward on one vector by hand."""
-    layer = make_adapter(nn.Linear(5, 6, bias=False, dtype=torch.float64), "mora", 1)
+    layer = make_adapter(nn.Linear(5, 6, bias=False, dtype=torch.float64), "mora", 1, kind="sharing")
     assert layer.r_hat == 3 and layer.pad == 1 and layer.n_blocks == 2
     M = torch.arange(1.0, 10.0, dtype=torch.float64).reshape(3, 3)
     with torch.no_grad():
@@ -228,7 +228,7 @@ def test_sharing_type1_forward_on_explicit_vector():
 def test_rotation_layer_attributes():
     layer = make_adapter(nn.Linear(23, 37, bias=False), "mora", 2, kind="rotation")
     assert layer.r_hat == 10 and layer.pad == 7 and layer.n_blocks == 3
-    sharing = make_adapter(nn.Linear(23, 37, bias=False), "mora", 2)
+    sharing = make_adapter(nn.Linear(23, 37, bias=False), "mora", 2, kind="sharing")
     assert sharing.r_hat == 11 and sharing.pad == 10 and sharing.n_blocks == 3
     assert sharing.sharing_type == 1
 
@@ -316,8 +316,7 @@ def test_mora_type_aliases():
     for t in (2, 3, 4):
         assert make_config("mora", 8, mora_type=t).kind == "sharing"
     assert make_config("mora", 8, mora_type=6).kind == "rotation"
-    assert make_config("mora", 8).kind == "sharing"
-    assert make_config("mora", 8).mora_type == 1
+    assert make_config("mora", 8, kind="sharing").mora_type == 1
     assert make_config("mora", 8, kind="rotation").mora_type == 6
     layer = make_adapter(nn.Linear(16, 16), "mora", 2, mora_type=3)
     assert layer.sharing_type == 3
@@ -332,3 +331,34 @@ def test_kind_and_mora_type_contradiction_raises(kind, mora_type):
 def test_unknown_mora_type_raises():
     with pytest.raises(ValueError, match="mora_type must be one of"):
         make_config("mora", 8, mora_type=5)
+
+
+@pytest.mark.parametrize("r,kind,mora_type", [(1, "rotation", 6), (8, "rotation", 6), (127, "rotation", 6),
+                                              (128, "sharing", 1), (256, "sharing", 1)])
+def test_auto_kind_is_the_authors_rule(r, kind, mora_type):
+    """The default kind resolves by rank (rotation below 128, sharing from 128: the paper's small / large
+    ranks), at validation, so the config and the run record the resolved kind; None means auto too."""
+    for options in ({}, {"kind": "auto"}, {"kind": None}):
+        config = make_config("mora", r, **options)
+        assert (config.kind, config.mora_type) == (kind, mora_type)
+        assert config.to_dict()["kind"] == kind
+    assert make_config("mora", r, kind="auto", mora_type=2).kind == "sharing"  # an explicit type wins over auto
+    assert make_config("remora", r).kind == "sharing"  # the only kind ReMoRA can cycle
+
+
+def test_conf_method_mora_defaults_to_auto_and_takes_mora_type_from_the_command_line():
+    from omegaconf import OmegaConf
+
+    from mora.adapters import config_from_dict
+    from runner import compose
+
+    def kind(*overrides):
+        method = OmegaConf.to_container(compose(["method=mora", *overrides]), resolve=True)["method"]
+        config = config_from_dict(method)
+        return config.kind, config.mora_type
+
+    assert kind() == ("rotation", 6)
+    assert kind("method.r=256") == ("sharing", 1)
+    assert kind("method.mora_type=1") == ("sharing", 1)
+    assert kind("method.mora_type=3", "method.r=256") == ("sharing", 3)
+    assert kind("method.mora_type=6", "method.r=256") == ("rotation", 6)

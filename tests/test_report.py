@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from mora import report
 from mora.runs import run_id
-from runner import ROOT, compose
+from runner import ROOT, compose, current_record
 
 SPEC = """
 artifact: synthetic
@@ -39,9 +39,12 @@ RUNS = {
 }
 
 
+def _overrides(overrides, lr, seed) -> list[str]:
+    return ["experiment=uuid_mini", *overrides, f"train.lr={lr}", f"seed={seed}"]
+
+
 def _rid(overrides, lr, seed) -> str:
-    cfg = compose(["experiment=uuid_mini", *overrides, f"train.lr={lr}", f"seed={seed}"])
-    return run_id(OmegaConf.to_container(cfg, resolve=True))
+    return run_id(OmegaConf.to_container(compose(_overrides(overrides, lr, seed)), resolve=True))
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +64,7 @@ def _store(root: Path, ids: dict, spectrum: bool = False) -> Path:
                        "final": {"step": 200, "char_acc": b}, "train_loss": [[10, 3.0], [20, 2.0 - b / 100]]}
             if spectrum:
                 metrics["spectrum"] = {"threshold": 0.1, "by_type": {"q": a / 10, "k": b / 10}}
-        (run / "metrics.json").write_text(json.dumps(metrics))
+        (run / "metrics.json").write_text(json.dumps({**metrics, **current_record(_overrides(*key))}))
     return root
 
 
@@ -222,7 +225,7 @@ def test_the_scoring_mode_of_benchmark_scores_is_in_the_table(tmp_path, ids):
         metrics = {"status": "failed"} if result == "failed" else {
             "status": "completed", "scores": {"gsm8k": result[1]},
             "benchmarks": {"math": {"scores": {"gsm8k": result[1]}, "scoring": "paper"}}}
-        (run / "metrics.json").write_text(json.dumps(metrics))
+        (run / "metrics.json").write_text(json.dumps({**metrics, **current_record(_overrides(*key))}))
     spec = tmp_path / "scored.yaml"
     spec.write_text(SCORED_SPEC)
     result = report.render(spec, store, tmp_path / "out", wandb_log=False)

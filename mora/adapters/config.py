@@ -2,7 +2,10 @@
 
 Each method module registers its config class with `@register("name")`; nothing outside that module
 needs to know the method exists. Configs are plain data so that Hydra dicts and adapter checkpoints
-round-trip through `config_from_dict` / `AdapterConfig.to_dict`.
+round-trip through `config_from_dict` / `AdapterConfig.to_dict`. A config also says what of it is a run's
+identity (`identity()`: every option after validation, defaults filled in, the inert ones dropped) and
+which version of the method's behaviour it stands for (`version`), so the results store can tell two
+runs apart, and tell an old result from a current one (docs/results_store.md).
 """
 
 from __future__ import annotations
@@ -20,6 +23,14 @@ DEFAULT_TARGETS: tuple[str, ...] = (
     "up_proj",
     "down_proj",
 )
+
+# Bump when the code every method shares (wrapping, freezing, merging, optimizer groups) changes what a
+# run computes: the runs made before are then listed as stale (docs/results_store.md).
+RESULTS_VERSION = 1
+
+# Options earlier versions took and this one does not, with what became of them: a run's stored config
+# that names one is read without it (`mora.runs migrate`), never a config given to train.
+RETIRED_OPTIONS = {"fp32": "adapter weights are always fp32 (docs/precision.md)"}
 
 _REGISTRY: dict[str, type[AdapterConfig]] = {}
 
@@ -60,6 +71,8 @@ class AdapterConfig:
     dropout: float = 0.0
 
     method: ClassVar[str] = "?"
+    # Bump (in the method's own class) when the method's layer or options change what a run computes.
+    version: ClassVar[int] = 1
     # The nn.Module class that wraps a targeted nn.Linear; None means "train the base in place".
     layer_class: ClassVar[type | None] = None
 
@@ -96,6 +109,16 @@ class AdapterConfig:
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 
+    def inert_fields(self) -> set[str]:
+        """Options that cannot change what this run computes (with no adapter layer, dropout does nothing)."""
+        return set() if self.layer_class is not None else {"dropout"}
+
+    def identity(self) -> dict[str, Any]:
+        """What of this config is a run's identity: every option as validated (aliases resolved,
+        defaults filled in), less the inert ones."""
+        inert = self.inert_fields()
+        return {k: v for k, v in self.to_dict().items() if k not in inert}
+
 
 @dataclass
 class RestartOptions:
@@ -108,6 +131,12 @@ class RestartOptions:
 
     def restart_options(self) -> RestartOptions:
         return self
+
+    def inert_fields(self) -> set[str]:
+        """A full reset keeps nothing, so the fraction kept does not matter (a mixin: the method's
+        config class comes next in the MRO)."""
+        inert = super().inert_fields()  # type: ignore[misc]
+        return inert | {"optimizer_keep"} if self.optimizer_reset == "full" else inert
 
     def validate_restarts(self, method: str) -> None:
         if self.merge_every <= 0:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import os
 from typing import Any
 
+from ..fingerprint import content_fingerprint, hub_revision
 from .chat import MetaMathAlpaca, TuluChat
 from .corpus import BiomedCorpus, CorpusTask, FinanceCorpus
+from .sources import Source
 from .uuid import UUIDTask
 
 BUILDERS: dict[str, Any] = {
@@ -19,22 +23,68 @@ BUILDERS: dict[str, Any] = {
 }
 
 
-def accepted_options(builder: type) -> set[str]:
-    """Every keyword the builder's __init__ chain takes (subclasses forward the rest with **options)."""
-    names = set()
+def builder_of(task: str) -> type:
+    try:
+        return BUILDERS[task]
+    except KeyError:
+        raise ValueError(f"unknown data builder {task!r}; choose one of {sorted(BUILDERS)}") from None
+
+
+def _init_parameters(builder: type) -> list[inspect.Parameter]:
+    """The keywords of the builder's __init__ chain, the subclass's first (subclasses forward the rest
+    with **options)."""
+    params = []
     for cls in builder.__mro__:
         if "__init__" in vars(cls) and cls is not object:
-            params = inspect.signature(vars(cls)["__init__"]).parameters.values()
-            names |= {p.name for p in params if p.kind is not p.VAR_KEYWORD and p.name != "self"}
-    return names
+            params += [
+                p for p in inspect.signature(vars(cls)["__init__"]).parameters.values()
+                if p.kind is not p.VAR_KEYWORD and p.name != "self"
+            ]
+    return params
+
+
+def accepted_options(builder: type) -> set[str]:
+    """Every keyword the builder's __init__ chain takes."""
+    return {p.name for p in _init_parameters(builder)}
+
+
+def identity(options: dict[str, Any], cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """What of a `data.builder` node is a run's identity: the builder's options with its defaults filled
+    in, less those it declares inert (`inert_options`). A local source enters by the content of its
+    files (never their path), and the hub coordinates a local source ignores are dropped; a hub source
+    by its id, with its config, split and revision as options of their own."""
+    options = {k: v for k, v in options.items() if k != "_target_"}
+    task = options.pop("task", None)
+    builder = builder_of(task)
+    defaults = {p.name: p.default for p in reversed(_init_parameters(builder)) if p.default is not p.empty}
+    out = {**defaults, **options}
+    for name in getattr(builder, "inert_options", ()):
+        out.pop(name, None)
+    if "source" in out:
+        coordinates = {f.name: out.pop(f.name) for f in dataclasses.fields(Source) if f.name in out and f.name != "name"}
+        source = Source(out["source"], **coordinates)
+        if source.local:
+            out["source"] = {"content": content_fingerprint(source.files, cache_dir)}
+        else:
+            out.update(coordinates, source={"hub": source.name})
+    return {"task": task, **out}
+
+
+def provenance(task: Any) -> dict[str, Any] | None:
+    """What a built task reads, for metrics.json: its local files, or its hub dataset with the commit the
+    requested revision resolved to when the run started (None: the builder reads no source)."""
+    source = getattr(task, "source", None)
+    if not isinstance(source, Source):
+        return None
+    if source.local:
+        return {"files": [str(p) for p in source.files]}
+    return {"hub": source.name, "config": source.hub_config, "split": source.split, "revision": source.revision,
+            "commit": hub_revision("dataset", source.name, source.revision)}
 
 
 def build_task(task: str, tokenizer, **options):
     """The task object train.py trains on: `train_dataset()` rows and a `collator()`."""
-    try:
-        builder = BUILDERS[task]
-    except KeyError:
-        raise ValueError(f"unknown data builder {task!r}; choose one of {sorted(BUILDERS)}") from None
+    builder = builder_of(task)
     allowed = accepted_options(builder) - {"tokenizer"}
     unknown = sorted(set(options) - allowed)
     if unknown:

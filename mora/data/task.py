@@ -25,10 +25,13 @@ def positive_int(value: Any, name: str) -> int:
 
 class SourceTask:
     """Subclasses set `name` (the registry name) and `version` (bump it whenever the produced tokens
-    change, so old caches stop matching), and list the options that shape their output."""
+    change, so old caches stop matching and the runs made from them are listed as stale), and list the
+    options that shape their output."""
 
     name: ClassVar[str]
     version: ClassVar[int]
+    # Options that say where the work is kept, not what it produces: not part of a run's id.
+    inert_options: ClassVar[tuple[str, ...]] = ("cache_dir",)
 
     def __init__(
         self,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import uuid
 from dataclasses import dataclass
+from typing import ClassVar
 
 from .collate import IGNORE_INDEX, PadCollator
 
@@ -26,6 +27,8 @@ def uuid_pairs(n_pairs: int, seed: int) -> list[tuple[str, str]]:
 
 @dataclass
 class UUIDTask:
+    version: ClassVar[int] = 1  # bump when the pairs or rows change (the runs made before become stale)
+
     tokenizer: object
     n_pairs: int = 10_000
     seed: int = 0

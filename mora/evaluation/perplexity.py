@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,9 @@ from ..data.collate import IGNORE_INDEX
 @dataclass
 class Perplexity:
     """`max_sequences`: score only the first that many validation rows (they come in a fixed order)."""
+
+    version: ClassVar[int] = 1  # bump when the metric changes: runs recorded before become stale
+    inert_options: ClassVar[tuple[str, ...]] = ("batch_size",)  # how many at once: not part of the run id
 
     batch_size: int = 16
     max_sequences: int | None = None

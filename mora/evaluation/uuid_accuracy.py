@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -28,6 +29,9 @@ def char_matches(generated: str, value: str) -> int:
 @dataclass
 class CharAccuracy:
     """`sample`: evaluate a seeded sample of that many pairs instead of all of them."""
+
+    version: ClassVar[int] = 1  # bump when the metric changes: runs recorded before become stale
+    inert_options: ClassVar[tuple[str, ...]] = ("batch_size",)  # how many at once: not part of the run id
 
     batch_size: int = 256
     sample: int | None = None
