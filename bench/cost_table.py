@@ -121,7 +121,7 @@ def run(shape: Shape, row: list[str], corpus: str, cache: str, extra: list[str])
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", default=None, help="comma-separated shape names")
+    p.add_argument("--only", default=None, help="comma-separated shape names, run in that order")
     p.add_argument("--rows", default=None, help="comma-separated row-name prefixes")
     p.add_argument("--corpus", default=str(ROOT.parent / "shared" / "data" / "*.txt"))
     p.add_argument("--cache", default=str(ROOT / ".cache" / "mora"))
@@ -133,9 +133,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    for shape in SHAPES:
-        if args.only and shape.name not in args.only.split(","):
-            continue
+    by_name = {shape.name: shape for shape in SHAPES}
+    for shape in [by_name[n] for n in args.only.split(",")] if args.only else SHAPES:  # in the order given
         for name, row in shape.rows.items():
             if args.rows and not any(name.startswith(prefix) for prefix in args.rows.split(",")):
                 continue

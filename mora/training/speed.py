@@ -75,6 +75,7 @@ class Throughput(TrainerCallback):
         self.warmup = warmup
         self.seen = self.seconds = self.tokens = 0
         self.begun = self.tokens_at_begin = None
+        self.recent: list[float] = []  # the last 20 timed steps' seconds: a slow step shows
 
     def on_train_begin(self, args, state, control, **kwargs):
         if torch.cuda.is_available():
@@ -89,11 +90,14 @@ class Throughput(TrainerCallback):
         self.seen += 1
         if self.begun is None or self.seen <= self.warmup:
             return
-        self.seconds += time.perf_counter() - self.begun
+        took = time.perf_counter() - self.begun
+        self.seconds += took
         self.tokens += state.num_input_tokens_seen - self.tokens_at_begin
+        self.recent = (self.recent + [round(took, 4)])[-20:]
         timed = self.seen - self.warmup
         self.metrics["throughput"] = {
             "steps_timed": timed,
+            "last_step_seconds": self.recent,
             "seconds_per_step": self.seconds / timed,
             "tokens_per_second": self.tokens / self.seconds if self.seconds else None,
             "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
