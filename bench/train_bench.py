@@ -235,13 +235,14 @@ def by_median_step(result: dict) -> dict:
     if steps:
         per_step = result["tokens_per_second"] * result["seconds_per_step"]
         result["tokens_per_second_mean"] = result["tokens_per_second"]
-        result["tokens_per_second"] = per_step / steps[len(steps) // 2]
+        result["median_step_seconds"] = steps[len(steps) // 2]
+        result["tokens_per_second"] = per_step / result["median_step_seconds"]
     return result
 
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| side | row | mode | tokens/s | s/step | MFU | peak GiB | trainable | adapter paths |",
+        "| side | row | mode | tokens/s | median s/step | MFU | peak GiB | trainable | adapter paths |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -250,7 +251,8 @@ def table(results: list[dict]) -> str:
             continue
         peak = f"{r['peak_memory_gib']:.1f}" if r.get("peak_memory_gib") is not None else "-"
         lines.append(
-            f"| {r['side']} | {r['row']} | {r['mode']} | {r['tokens_per_second']:,.0f} | {r['seconds_per_step']:.3f} | "
+            f"| {r['side']} | {r['row']} | {r['mode']} | {r['tokens_per_second']:,.0f} | "
+            f"{r.get('median_step_seconds', r['seconds_per_step']):.3f} | "
             f"{r['mfu']:.1%} | {peak} | {r.get('trainable') or 0:,} | {r.get('paths') or ''} |"
         )
     return "\n".join(lines)
