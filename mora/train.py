@@ -49,7 +49,7 @@ from .training.finite import stopping_on_nonfinite_loss
 from .training.optim import build_optimizer, build_scheduler
 from .training.precision import check_trainable_precision
 from .training.preemption import EXIT_CTRL_C, STATUS_INTERRUPTED, GracefulStop, RunInterrupted
-from .training.speed import Throughput, compile_backend, compile_blocks
+from .training.speed import Throughput, compile_backend, compile_blocks, without_kv_cache
 from .training.wandb_log import WandbLogger
 from .training.zero import gather_full_model
 
@@ -185,6 +185,8 @@ def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, Any]:
     log.info("%s", report)
     check_trainable_precision(model, cfg.train.precision, ds_config)
     backend = compile_backend(cfg.train.compile)
+    training_mode = contextlib.ExitStack()  # from here until trainer.train returns (the Trainer may also set it)
+    training_mode.enter_context(without_kv_cache(model))
     train_rows = task.train_dataset()
     set_max_steps(cfg.train, train_rows)
     restarts = method_cfg.restart_options()
@@ -291,7 +293,7 @@ def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, Any]:
         log.info("train.compile: %d blocks compiled with %s (the first steps include compilation)", blocks, backend)
     kernels.reset_counts()
     try:
-        with stopper.installed(), weights_only():
+        with stopper.installed(), weights_only(), training_mode:
             trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         stopper.raise_if_stopped(run.checkpoints)
         metrics["kernels"] = kernels.path_counts()

@@ -74,3 +74,20 @@ def test_compiled_blocks_change_nothing(tmp_path, method):
         assert set(eager["kernels"][method]) == {"fused"}
     a, b = merged_weights(tmp_path / "eager"), merged_weights(tmp_path / "compiled")
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_training_runs_without_kv_cache_and_the_saved_model_keeps_it(tmp_path, monkeypatch):
+    from transformers import AutoConfig, LlamaModel
+
+    seen = []
+    forward = LlamaModel.forward
+
+    def spy(self, *args, **kwargs):  # the real forward runs; only what it was asked is noted
+        seen.append((self.training, self.config.use_cache))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(LlamaModel, "forward", spy)
+    train_in_process(tmp_path, *method_args("lora"), *NO_EVAL)
+    assert seen and all(use_cache is False for training, use_cache in seen if training)
+    (metrics,) = metrics_files(tmp_path)
+    assert AutoConfig.from_pretrained(metrics.parent / "merged").use_cache is True

@@ -9,6 +9,7 @@ checkpoint writes, which run after it in the callback order).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -58,6 +59,23 @@ def compile_blocks(model: nn.Module, backend: str = "inductor") -> int:
     for block in blocks:
         block.compile(backend=backend)
     return len(blocks)
+
+
+@contextlib.contextmanager
+def without_kv_cache(model: nn.Module):
+    """`config.use_cache` off while training, restored after (the saved model generates with its cache).
+    Training reads no KV cache; left on, transformers builds one every forward, and a compiled block
+    guards on its per-layer state: one recompile per layer (seen on the H200: 32 layers hit the
+    recompile limit and the rest ran eager). Generation during training uses generation_config."""
+    config = getattr(model, "config", None)
+    old = getattr(config, "use_cache", None)
+    if old is not None:
+        config.use_cache = False
+    try:
+        yield
+    finally:
+        if old is not None:
+            config.use_cache = old
 
 
 def _sync() -> None:
