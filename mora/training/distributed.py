@@ -52,11 +52,41 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+def several_processes() -> bool:
+    """A process group of more than one process is up."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def barrier() -> None:
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if several_processes():
         dist.barrier()
+
+
+def collective_device():
+    """Where a tensor must live for the process group's collectives: the process's GPU under NCCL,
+    else the CPU (gloo)."""
+    import torch
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def agreed_max(value: int) -> int:
+    """The largest `value` over all processes (one small all-reduce; the value itself alone)."""
+    import torch
+    import torch.distributed as dist
+
+    if not several_processes():
+        return value
+    tensor = torch.tensor([value], dtype=torch.long, device=collective_device())
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
 
 
 def shutdown() -> None:
