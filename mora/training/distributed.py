@@ -230,7 +230,8 @@ def keeping_optimizer(trainer_cls):
     calls `create_optimizer()` (a default AdamW over two groups), and the scheduler is then rebuilt by
     `create_scheduler()`. Here both return the run's own: DeepSpeed's ZeRO optimizer wraps that AdamW,
     keeping one flat partition per parameter group (so LoRA+ ratios survive), and the LambdaLR keeps
-    scaling the same param_group dicts ZeRO reads its learning rates from."""
+    scaling the same param_group dicts ZeRO reads its learning rates from. Each checkpoint's weights
+    are written once, by DeepSpeed (`save_model`)."""
 
     class KeepOptimizer(trainer_cls):
         def __init__(self, *args, optimizers, **kwargs):
@@ -246,6 +247,16 @@ def keeping_optimizer(trainer_cls):
             if self.lr_scheduler is None:
                 self.lr_scheduler = self._run_scheduler
             return super().create_scheduler(num_training_steps, optimizer)
+
+        def save_model(self, output_dir=None, _internal_call=False):
+            # A checkpoint's weights are in the DeepSpeed checkpoint written right after this call
+            # (`_save_optimizer_and_scheduler`), which is all a resume reads. Left alone, the Trainer
+            # first writes a 16-bit copy of the whole model here (ZeRO-1/2) or, under ZeRO-3 without
+            # stage3_gather_16bit_weights_on_model_save, that same DeepSpeed checkpoint a first time:
+            # a 7B FFT checkpoint (~95 GB) written twice. The run's model is saved by mora.train.
+            if _internal_call:
+                return None
+            return super().save_model(output_dir, _internal_call)
 
     KeepOptimizer.__name__ = KeepOptimizer.__qualname__ = f"{trainer_cls.__name__}KeepingOptimizer"
     return KeepOptimizer
