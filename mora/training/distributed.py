@@ -89,6 +89,17 @@ def agreed_max(value: int) -> int:
     return int(tensor.item())
 
 
+def all_ranks(value: Any) -> list[Any]:
+    """`value` of every process, in rank order ([value] for one process)."""
+    import torch.distributed as dist
+
+    if not several_processes():
+        return [value]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
 def shutdown() -> None:
     """Take the process group down before the interpreter exits. Left to interpreter teardown, the
     gloo / store threads can be destroyed while still joinable, and a run that finished cleanly then
