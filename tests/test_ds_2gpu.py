@@ -109,7 +109,7 @@ def test_the_gpu_plans_command_lines_pass_the_checks_before_training(phase, tmp_
 
 def test_long_chats_fill_max_length_tokens(tmp_path, corpus):
     """The fine-tune's data: Tulu-schema chats cut from the corpus, each at least max_length tokens with
-    a reply inside the first max_length (the builder keeps that many; the fixtures' chats are ~60)."""
+    a reply inside the first max_length (the builder keeps that many; the fixtures' chats are under 100 tokens)."""
     from mora.builders import build
 
     path = ds_2gpu.write_long_chats(corpus, tmp_path / "chats.jsonl", rows=8, max_length=128)
