@@ -77,6 +77,8 @@ def _launch(records: list[dict], name: str) -> dict:
 def test_the_gpu_plans_command_lines_pass_the_checks_before_training(phase, tmp_path):
     """Every launch of the GPU plan (paper sizes) composes with Hydra and passes mora.train's checks
     that come before anything is built: schema, DeepSpeed config vs the Hydra config on 1 and 2 GPUs."""
+    from omegaconf import OmegaConf
+
     from mora.schema import check_config
     from mora.training.distributed import check_deepspeed_config
 
@@ -91,8 +93,6 @@ def test_the_gpu_plans_command_lines_pass_the_checks_before_training(phase, tmp_
         check_config(cfg)
         accumulation = cfg.train.batch_size // (cfg.train.micro_batch_size * world)
         assert accumulation * cfg.train.micro_batch_size * world == cfg.train.batch_size
-        from omegaconf import OmegaConf
-
         check_deepspeed_config(OmegaConf.to_container(cfg.train.deepspeed), cfg.train, world, accumulation)
         assert cfg.train.precision == "bf16"
     cfg = compose([f"{k}={v}" for k, v in launches[0][1].items()])
