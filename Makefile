@@ -43,8 +43,8 @@ test-slow: install  ## the slow tests only
 test-faults: install  ## fault injection in real processes: random SIGKILLs + relaunch, two grid tasks at once (~2 min)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m faults
 
-test-deepspeed: install  ## DeepSpeed ZeRO-2/3 on 2 CPU processes (gloo): restarts, 1 vs 2 processes (~4 min)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slow tests/test_deepspeed.py
+test-deepspeed: install  ## DeepSpeed ZeRO-2/3 on 2 CPU processes (gloo): restarts, 1 vs 2 processes, bench/ds_2gpu.py's plan (~9 min)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slow tests/test_deepspeed.py tests/test_ds_2gpu.py
 
 bench-train: install  ## GPU: mora.train beside peft + Trainer on the LLaMA-2-7B shape, eager and compiled (bench/RESULTS.md)
 	$(PY) bench/train_bench.py --modes eager
