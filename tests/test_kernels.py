@@ -107,10 +107,8 @@ def test_block_kinds_layouts(kind):
         layer = _layer("mora", {"kind": kind}, d, k, r, bias=False)
         if layer is None:
             continue
-        from mora.kernels.mora import block_plan
-
-        plan = block_plan(layer)
-        seen.add((plan[9], plan[8] < plan[6]))  # (tiled?, any block outside the batched GEMM?)
+        plan = layer.scheme.plan
+        seen.add((plan.tile, plan.n_batch < plan.used))  # (tiled?, any block outside the batched GEMM?)
         _compare(layer, lead=(4,))
     assert len(seen) >= 3
 

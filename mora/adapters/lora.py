@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..kernels.lora import lora_forward
 from .config import AdapterConfig, RestartOptions, register
 from .layer import AdapterLayer
 
@@ -116,6 +117,9 @@ class LoRALayer(AdapterLayer):
 
     def delta_weight(self) -> torch.Tensor:
         return (self.lora_B @ self.lora_A) * self.scaling
+
+    def fused_forward(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return lora_forward(x, self.base, self.lora_A, self.lora_B, self.scaling, dtype)
 
     def restart_parameters(self) -> list[nn.Parameter]:
         return [self.lora_A, self.lora_B]
