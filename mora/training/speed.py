@@ -61,6 +61,16 @@ def compile_blocks(model: nn.Module, backend: str = "inductor") -> int:
     return len(blocks)
 
 
+def eager_model(model: nn.Module) -> nn.Module:
+    """The model as it computes outside training: compiled blocks back to eager, and the mixed-precision
+    wrapper accelerate puts on `forward` under train.precision=bf16 taken off (the Trainer leaves both)."""
+    from accelerate.utils import extract_model_from_parallel
+
+    for module in model.modules():
+        module._compiled_call_impl = None  # what nn.Module.compile set
+    return extract_model_from_parallel(model, keep_fp32_wrapper=False)
+
+
 @contextlib.contextmanager
 def without_kv_cache(model: nn.Module):
     """`config.use_cache` off while training, restored after (the saved model generates with its cache).
