@@ -20,9 +20,11 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-# Every `_target_` a config may name. A new builder is added here, by the name conf/ uses for it.
+# Every `_target_` a config may name. A new builder is added here, by the name conf/ uses for it; a new
+# method or data task is not: it registers with its family's builder (mora.registry).
 BUILDERS = frozenset(
     {
+        "mora.adapters.build_method",
         "mora.models.char_tokenizer",
         "mora.models.hub_tokenizer",
         "mora.models.llama_from_config",

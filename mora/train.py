@@ -26,8 +26,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from . import kernels
-from .adapters import AdapterConfig, BudgetReport, apply_adapters, config_from_dict, merge_and_unload, save_adapter
+from . import builders, kernels
+from .adapters import AdapterConfig, BudgetReport, apply_adapters, merge_and_unload, save_adapter
 from .builders import Parts, build_parts, check_targets
 from .data.registry import provenance
 from .evaluate import after_training, before_training, evaluate_run
@@ -119,7 +119,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def build(cfg: DictConfig, config: dict[str, Any], run: RunDir, stale: str | None) -> Job:
     """Check what can be checked and build the run: data, model, adapters, optimizer."""
-    method = config_from_dict(config["method"])
+    method = builders.build(cfg, "method")  # the options, validated (mora.adapters.build_method)
     import_trainer()  # first, before model code imports transformers' integrations (see import_trainer)
     accumulation = grad_accumulation(cfg.train)
     deepspeed = config["train"].get("deepspeed")

@@ -29,6 +29,25 @@ TINY_RUN = [
 ]
 
 
+# Restarts inside the 6 steps of TINY_RUN, for the methods that restart (ReLoRA, ReMoRA).
+RESTARTS = ["method.merge_every=2", "method.rewarm_steps=1"]
+
+
+def restarts(method: str) -> bool:
+    """Whether the registered method merges and re-initialises its adapters (takes RESTARTS)."""
+    from mora.adapters.config import RestartOptions, config_class
+
+    return issubclass(config_class(method), RestartOptions)
+
+
+def adapter_methods() -> list[str]:
+    """Every registered method that wraps layers in an adapter (all but full fine-tuning)."""
+    from mora.adapters import available_methods
+    from mora.adapters.config import config_class
+
+    return [m for m in available_methods() if config_class(m).layer_class is not None]
+
+
 def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir

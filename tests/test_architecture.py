@@ -84,3 +84,17 @@ def test_no_import_cycles_in_mora():
     known = modules()
     graph = {m: imported(m, p, known) for m, p in known.items()}
     assert cycles(graph) == []
+
+
+def test_every_data_builder_gives_what_training_and_its_evaluators_need():
+    """mora.interfaces: every registered builder is a Task; corpora have the held-out rows Perplexity
+    scores, the UUID task the pairs and prompts CharAccuracy asks for."""
+    from mora.data import TASKS, build_task
+    from mora.interfaces import HeldOutTask, KeyValueTask, Task
+    from mora.models import char_tokenizer
+
+    assert not issubclass(object, Task)  # the control: the check can fail
+    for name in TASKS.names():
+        assert issubclass(TASKS.get(name), Task), name
+    assert {n for n in TASKS.names() if issubclass(TASKS.get(n), HeldOutTask)} >= {"c4", "biomed_cpt", "finance_cpt"}
+    assert isinstance(build_task("uuid", char_tokenizer(), n_pairs=2), KeyValueTask)

@@ -22,10 +22,13 @@ INITS = ("kaiming", "orthogonal")
 @register("lora")
 @dataclass
 class LoRAConfig(AdapterConfig):
-    alpha: float = 16.0
-    rslora: bool = False
-    init: str = "kaiming"  # A's init: kaiming_uniform(a=sqrt(5)), or orthogonal rows (AsyLoRA)
-    freeze_A: bool = False
+    """`alpha`: s = alpha / r (alpha / sqrt(r) with `rslora`); `init`: A's, kaiming_uniform(a=sqrt(5)) or
+    orthogonal rows (AsyLoRA); `freeze_A`: train B only."""
+
+    alpha: float
+    rslora: bool
+    init: str
+    freeze_A: bool
 
     def validate(self) -> None:
         super().validate()
@@ -51,7 +54,7 @@ class LoRAConfig(AdapterConfig):
 class LoRAPlusConfig(LoRAConfig):
     """LoRA+: B learns `lr_ratio` (lambda) times faster than A; the paper searches lambda in {2, 4}."""
 
-    lr_ratio: float = 4.0
+    lr_ratio: float
 
     def validate(self) -> None:
         super().validate()
@@ -65,10 +68,8 @@ class LoRAPlusConfig(LoRAConfig):
 @register("asylora")
 @dataclass
 class AsyLoRAConfig(LoRAConfig):
-    """AsyLoRA: A from orthonormal rows, B = 0. `freeze_A=False` is how the MoRA paper's baseline ran it;
-    `freeze_A=True` is the AsyLoRA paper's own recipe (train B only)."""
-
-    init: str = "orthogonal"
+    """AsyLoRA: A from orthonormal rows (`init: orthogonal`), B = 0. `freeze_A=False` is how the MoRA
+    paper's baseline ran it; `freeze_A=True` is the AsyLoRA paper's own recipe (train B only)."""
 
 
 @register("relora")

@@ -52,11 +52,11 @@ def mora_rank(out_features: int, in_features: int, r: int, even: bool = False) -
 @register("mora")
 @dataclass
 class MoRAConfig(AdapterConfig):
-    kind: str = AUTO  # or one of KINDS; auto resolves by rank when the config is validated
-    mora_type: int | None = None
+    kind: str  # auto or one of KINDS; auto resolves by rank when the config is validated
+    mora_type: int | None
     # rotation/decouple when the blocks yield more than d outputs: "truncate" (the authors' code: inputs
     # past about d get no update) or "fold" (sum the extra output blocks back into the first d).
-    overflow: str = "truncate"
+    overflow: str
 
     def __post_init__(self) -> None:
         self._resolve_kind()
@@ -111,7 +111,7 @@ class ReMoRAConfig(RestartOptions, MoRAConfig):
     """ReMoRA: MoRA + merge-and-reinit; after each merge the sharing grouping moves along `cycle`
     (the authors' default 1 -> 2 -> 3 -> 4 -> 1; the paper's appendix uses two groupings, e.g. [1, 2])."""
 
-    cycle: tuple[int, ...] = (1, 2, 3, 4)
+    cycle: tuple[int, ...]
 
     def auto_kind(self) -> str:
         """Sharing at any rank: the only kind with a grouping to move along after a merge."""
