@@ -48,11 +48,11 @@ def adapter_methods() -> list[str]:
     return [m for m in available_methods() if config_class(m).layer_class is not None]
 
 
-def compose(overrides: list[str]):
+def compose(overrides: list[str], conf_dir: Path = ROOT / "conf"):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=overrides)
 
 
