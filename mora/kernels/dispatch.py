@@ -56,19 +56,14 @@ def fast_path_mode() -> str:
     return _mode
 
 
-class fast_path:
-    """Context manager: `with fast_path("always"): ...`."""
-
-    def __init__(self, mode: str):
-        self.mode = mode
-
-    def __enter__(self):
-        self._old = set_fast_path(self.mode)
-        return self
-
-    def __exit__(self, *exc):
-        set_fast_path(self._old)
-        return False
+@contextlib.contextmanager
+def fast_path(mode: str):
+    """`with fast_path("always"): ...`: the mode inside the block, the previous one restored after."""
+    old = set_fast_path(mode)
+    try:
+        yield
+    finally:
+        set_fast_path(old)
 
 
 def _handler(layer):

@@ -62,13 +62,14 @@ def compile_blocks(model: nn.Module, backend: str = "inductor") -> int:
 
 
 def eager_model(model: nn.Module) -> nn.Module:
-    """The model as it computes outside training: compiled blocks back to eager, and the mixed-precision
-    wrapper accelerate puts on `forward` under train.precision=bf16 taken off (the Trainer leaves both)."""
-    from accelerate.utils import extract_model_from_parallel
-
+    """The model as it computes outside training, as if loaded afresh: compiled blocks back to eager, and
+    its class's own `forward` again where accelerate put a bf16-autocast one on the instance (keeping
+    the class's as `_original_forward`). The Trainer leaves both in place after training."""
     for module in model.modules():
         module._compiled_call_impl = None  # what nn.Module.compile set
-    return extract_model_from_parallel(model, keep_fp32_wrapper=False)
+    if "_original_forward" in vars(model):
+        del model._original_forward, model.forward
+    return model
 
 
 @contextlib.contextmanager
