@@ -130,7 +130,7 @@ def worker(args: argparse.Namespace) -> None:
         schedule="constant", warmup_steps=0, min_lr_ratio=0.0, max_steps=args.warmup + args.steps + 2,
     )
     optimizer = build_optimizer(model, train_cfg)
-    scheduler = build_scheduler(optimizer, train_cfg, 0, 0)
+    scheduler = build_scheduler(optimizer, train_cfg, 0, 0, train_cfg.max_steps)
     ds_config = yaml.safe_load((ROOT / "conf" / "train" / "deepspeed" / f"zero{args.zero}.yaml").read_text())
     extra = init_deepspeed_state()
     targs = TrainingArguments(

@@ -119,16 +119,11 @@ def compose(args: list[str]):
 
 
 def build_base(cfg):
-    """Tokenizer, data and model exactly as mora.train builds them (same builders, same seed)."""
-    from transformers import set_seed
+    """Data and model exactly as mora.train builds them (mora.builders.build_parts)."""
+    from mora.builders import build_parts
 
-    from mora.builders import build
-
-    set_seed(cfg.seed)
-    tokenizer = build(cfg, "model.tokenizer")
-    task = build(cfg, "data.builder", tokenizer=tokenizer)
-    model = build(cfg, "model.network", tokenizer=tokenizer)
-    return tokenizer, task, model
+    parts = build_parts(cfg)
+    return parts.task, parts.model
 
 
 def flops_per_token(model, seq: int) -> float:
@@ -156,7 +151,7 @@ def run_peft(cfg, options: dict, compiled: bool, out: str) -> dict:
 
     from mora.training.speed import Throughput, compile_blocks
 
-    _, task, model = build_base(cfg)
+    task, model = build_base(cfg)
     model = get_peft_model(model, LoraConfig(target_modules=TARGET_MODULES, lora_dropout=0.0, **options))
     if compiled:
         compile_blocks(model)
@@ -192,7 +187,7 @@ def run_floor(cfg, compiled: bool) -> dict:
     """Forward + backward to the inputs through the frozen base: no trainable weight, no optimizer."""
     from mora.training.speed import compile_blocks
 
-    _, task, model = build_base(cfg)
+    task, model = build_base(cfg)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).requires_grad_(False).train()
     model.enable_input_require_grads()

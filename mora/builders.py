@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-# Every `_target_` a config may name. A new builder is added here, by the name conf/ uses for it.
+# Every `_target_` a config may name. A new builder is added here, by the name conf/ uses for it; a new
+# method or data task is not: it registers with its family's builder (mora.registry).
 BUILDERS = frozenset(
     {
+        "mora.adapters.build_method",
         "mora.models.char_tokenizer",
         "mora.models.hub_tokenizer",
         "mora.models.llama_from_config",
@@ -91,6 +94,33 @@ def build(config: Any, key: str, origin: str = "config", /, **kwargs: Any) -> An
         if isinstance(exc.__cause__, ValueError):
             raise exc.__cause__ from None
         raise
+
+
+@dataclass
+class Parts:
+    """What a run is built from before any method touches it."""
+
+    tokenizer: Any
+    task: Any
+    evaluator: Any | None
+    model: Any | None
+
+
+def build_parts(config: Any, origin: str = "config", network: bool = True) -> Parts:
+    """The run's tokenizer, data task, evaluator and (with `network`) base model, built in the one order
+    that makes a random initialisation come out the same wherever it is built (training, evaluation
+    from the store, the benches): seed, tokenizer, task, evaluator, network. The whole config is
+    checked first: a foreign target anywhere stops it before any builder runs."""
+    from transformers import set_seed
+
+    check_targets(config, origin)
+    root = config if isinstance(config, DictConfig) else OmegaConf.create(config)
+    set_seed(root.seed)
+    tokenizer = build(root, "model.tokenizer", origin)
+    task = build(root, "data.builder", origin, tokenizer=tokenizer)
+    evaluator = build(root, "eval.metric", origin) if root.eval.get("metric") else None
+    model = build(root, "model.network", origin, tokenizer=tokenizer) if network else None
+    return Parts(tokenizer, task, evaluator, model)
 
 
 @functools.lru_cache(maxsize=1)

@@ -4,8 +4,10 @@
     python -m mora.evaluate benchmark=mmlu_dev benchmark.run_dir=runs/tulu_mmlu_mini/0123456789ab
 
 The run is found the way `mora.train` names it (the same overrides give the same run id; the
-benchmark is not part of the id), or given as `benchmark.run_dir`. `mora.train` calls the same code
-right after training when the benchmark says `after_training: true`.
+benchmark is not part of the id), or given as `benchmark.run_dir`, and its model is read from the store.
+`mora.train` calls the same code right after training when the benchmark says `after_training: true`,
+handing over the merged model, tokenizer and task it holds; before training it calls `before_training`,
+where a benchmark keeps what it needs of the untrained model (the spectrum's initial weights).
 
 Written into the run directory: `lm_eval/<suite>.json` (lm-eval's results JSON), `spectrum.json`, and
 in `metrics.json`: `scores` (headline numbers, in percent for accuracies: what the tables read),
@@ -24,7 +26,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .builders import build, check_targets
+from .builders import Parts, build_parts, check_targets
 from .runs import CONFIG_NAME, STATUS_COMPLETED, RunDir, read_json, write_json_atomic
 from .safe_load import weights_only
 from .schema import check_config, set_or_add_overrides
@@ -44,6 +46,19 @@ def _as_dict(cfg: Any) -> dict:
 def wants_evaluation(bench: Any) -> bool:
     bench = _as_dict(bench)
     return bool(bench.get("suites") or bench.get("perplexity") or bench.get("spectrum"))
+
+
+def after_training(bench: Any) -> bool:
+    """The benchmark asks to be scored right after training (conf/benchmark: after_training)."""
+    return bool(_as_dict(bench).get("after_training")) and wants_evaluation(bench)
+
+
+def before_training(bench: Any, model, run_path: Path) -> None:
+    """The benchmark's hook on the model before it trains: the spectrum's ΔW is taken from these weights."""
+    if _as_dict(bench).get("spectrum"):
+        from .evaluation.spectrum import snapshot_initial_weights
+
+        snapshot_initial_weights(model, run_path)
 
 
 def load_model(run_path: Path, run_config: dict, which: str = "merged", dtype: str | None = None):
@@ -73,23 +88,13 @@ def load_model(run_path: Path, run_config: dict, which: str = "merged", dtype: s
 
 
 def rebuild_base(run_config: dict, origin: str = "the run's config"):
-    """(model, tokenizer) before training, built as train.py builds them: seed, tokenizer, data task,
-    evaluator, network, in that order, so a random initialisation comes out the same. The whole config
-    is checked first: a foreign target anywhere stops it before any builder runs."""
-    from transformers import set_seed
-
-    check_targets(run_config, origin)
-    cfg = OmegaConf.create(run_config)
-    set_seed(cfg.seed)
-    tokenizer = build(cfg, "model.tokenizer", origin)
-    build(cfg, "data.builder", origin, tokenizer=tokenizer)
-    if cfg.eval.get("metric"):
-        build(cfg, "eval.metric", origin)
-    return build(cfg, "model.network", origin, tokenizer=tokenizer), tokenizer
+    """(model, tokenizer) before training, built as train.py builds them (mora.builders.build_parts)."""
+    parts = build_parts(run_config, origin)
+    return parts.model, parts.tokenizer
 
 
 def initial_weights(run_path: Path, run_config: dict) -> dict[str, torch.Tensor]:
-    """The projections' weights before training: the snapshot train.py wrote, else the base network
+    """The projections' weights before training: the snapshot `before_training` wrote, else the base network
     rebuilt from the run's config under its seed (exact for pretrained bases; for random-init ones it
     repeats train.py's construction order, which the tests check against a snapshot)."""
     from .evaluation.spectrum import SNAPSHOT_NAME, load_snapshot, projection_weights
@@ -119,10 +124,12 @@ def evaluate_run(
     bench: Any,
     run_config: dict | None = None,
     on_scores: Callable[[dict[str, float]], None] | None = None,
+    trained: Parts | None = None,
 ) -> dict[str, Any]:
     """Score the finished run in `run_path` on `bench` (a conf/benchmark config); returns the updated
-    metrics. Each finished piece is written to metrics.json at once, so an interrupted evaluation
-    keeps what it has."""
+    metrics. `trained`: the run's merged model, tokenizer and task, still in memory after training
+    (else they are read from the store). Each finished piece is written to metrics.json at once, so an
+    interrupted evaluation keeps what it has."""
     from .evaluation.harness import EVAL_DIR, SCORING_MODES, Suite, headline, run_suite
 
     run_path = Path(run_path)
@@ -158,7 +165,14 @@ def evaluate_run(
         from .evaluation.fixtures import write_fixtures
 
         write_fixtures(bench["data_dir"])
-    model, tokenizer = load_model(run_path, run_config, bench.get("model", "merged"), bench.get("dtype"))
+    if trained is not None and bench.get("model", "merged") == "merged":
+        model, tokenizer = trained.model, trained.tokenizer
+        if bench.get("dtype"):
+            from .models import torch_dtype
+
+            model.to(torch_dtype(bench["dtype"]))
+    else:
+        model, tokenizer = load_model(run_path, run_config, bench.get("model", "merged"), bench.get("dtype"))
     device = bench.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     scores = metrics.setdefault("scores", {})
@@ -202,8 +216,7 @@ def evaluate_run(
         from .evaluation.perplexity import Perplexity
 
         options = bench["perplexity"] if isinstance(bench["perplexity"], dict) else {}
-        origin = f"run {run_path}"
-        task = build(run_config, "data.builder", origin, tokenizer=build(run_config, "model.tokenizer", origin))
+        task = trained.task if trained is not None else build_parts(run_config, f"run {run_path}", network=False).task
         values = Perplexity(**options)(model, tokenizer, task)
         scores.update(values)
         new_scores.update(values)

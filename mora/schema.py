@@ -6,12 +6,12 @@ Where the valid keys come from, so that defaults stay in one place:
   keys of the group's default YAML (the option conf/config.yaml's defaults list picks), and one level
   down wherever that YAML holds a non-empty mapping (`paths`, `logger.wandb`); a key whose default is
   not such a mapping takes any value (`train.deepspeed`, `benchmark.suites`, `benchmark.gen_kwargs`);
-- `method`: the fields of the method's options dataclass (mora.adapters);
-- a node with `_target_` (`model.network`, `model.tokenizer`, `data.builder`, `eval.metric`): the
-  parameters of the callable it names. One that takes **kwargs passes other keys on (to
+- a node with `_target_` (`method`, `model.network`, `model.tokenizer`, `data.builder`, `eval.metric`):
+  the parameters of the callable it names. One that takes **kwargs passes other keys on (to
   `from_pretrained`, say) and accepts them, except one that nearly spells a parameter of its own (a
-  typo), unless it names the keys it takes with an `accepted_keys(node)` attribute (`mora.data.build_task`
-  does: the options of the builder `task` picks).
+  typo), unless it names the keys it takes with an `accepted_keys(node)` attribute (the builders of a
+  registry do: `mora.adapters.build_method` the fields of the options dataclass `method` picks,
+  `mora.data.build_task` the options of the builder `task` picks).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from __future__ import annotations
 import difflib
 import inspect
 import re
-from pathlib import Path
 from typing import Any, Iterable
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+from .conf import CONF_DIR, load_option
+
 INSTANTIATE_KEYS = {"_target_", "_args_", "_partial_", "_recursive_", "_convert_"}
 # `train.lrr=...` as Hydra receives it: a dotted key, no `+`/`~` prefix, no `group/option` or `@package`
 _DOTTED_VALUE = re.compile(r"[A-Za-z_][\w-]*(\.[\w-]+)+=")
@@ -43,19 +43,6 @@ def _unknown(where: str, key: str, valid: Iterable[str]) -> str:
     return f"{prefix}{key} ({where or 'the top level'} takes {', '.join(listed)})"
 
 
-def _load_option(group: str, option: str) -> dict[str, Any]:
-    """conf/<group>/<option>.yaml as a plain dict, the same-group files in its defaults list merged under it."""
-    from omegaconf import OmegaConf
-
-    node = OmegaConf.to_container(OmegaConf.load(CONF_DIR / group / f"{option}.yaml"))
-    merged: dict[str, Any] = {}
-    for entry in node.pop("defaults", []):
-        if isinstance(entry, str) and entry != "_self_":
-            merged.update(_load_option(group, entry))
-    merged.update(node)
-    return merged
-
-
 def default_schema() -> dict[str, Any]:
     """The top level of conf/config.yaml, each group replaced by its default option's content."""
     from omegaconf import OmegaConf
@@ -66,7 +53,7 @@ def default_schema() -> dict[str, Any]:
         if isinstance(entry, dict):
             for group, option in entry.items():
                 if option and not group.startswith("override ") and "/" not in group:
-                    schema[group] = _load_option(group, option)
+                    schema[group] = load_option(group, option)
     return schema
 
 
@@ -111,11 +98,6 @@ def check_config(cfg: Any) -> None:
     config.pop("hydra", None)
     schema = default_schema()
     errors: list[str] = []
-    method = config.get("method")
-    if isinstance(method, dict):
-        from .adapters.config import option_names
-
-        schema["method"] = dict.fromkeys(option_names(str(method.get("method"))))
     _check("", config, schema, errors)
     if errors:
         what = "unknown config key" if len(errors) == 1 else "unknown config keys"

@@ -29,11 +29,30 @@ TINY_RUN = [
 ]
 
 
-def compose(overrides: list[str]):
+# Restarts inside the 6 steps of TINY_RUN, for the methods that restart (ReLoRA, ReMoRA).
+RESTARTS = ["method.merge_every=2", "method.rewarm_steps=1"]
+
+
+def restarts(method: str) -> bool:
+    """Whether the registered method merges and re-initialises its adapters (takes RESTARTS)."""
+    from mora.adapters.config import RestartOptions, config_class
+
+    return issubclass(config_class(method), RestartOptions)
+
+
+def adapter_methods() -> list[str]:
+    """Every registered method that wraps layers in an adapter (all but full fine-tuning)."""
+    from mora.adapters import available_methods
+    from mora.adapters.config import config_class
+
+    return [m for m in available_methods() if config_class(m).layer_class is not None]
+
+
+def compose(overrides: list[str], conf_dir: Path = ROOT / "conf"):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=overrides)
 
 

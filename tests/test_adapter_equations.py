@@ -5,20 +5,17 @@ import torch
 from torch import nn
 
 from mora.adapters import make_adapter
+from runner import adapter_methods
 
 R = 2
 
-# (method, options) for every layer kind the package offers
-METHODS = [
-    ("lora", {}),
+# (method, options): every registered adapter method as its YAML sets it, and the variants of their options
+METHODS = [(m, {}) for m in adapter_methods()] + [
     ("lora", {"rslora": True, "alpha": 7.0}),
     ("lora", {"init": "orthogonal"}),
     ("loraplus", {"lr_ratio": 2.0}),
-    ("asylora", {}),
     ("asylora", {"freeze_A": True}),
-    ("dora", {}),
     ("dora", {"rslora": True}),
-    ("relora", {}),
     ("mora", {"mora_type": 1}),
     ("mora", {"mora_type": 2}),
     ("mora", {"mora_type": 3}),
@@ -28,7 +25,6 @@ METHODS = [
     ("mora", {"kind": "truncation"}),
     ("mora", {"kind": "rotation", "overflow": "fold"}),
     ("mora", {"kind": "decouple", "overflow": "fold"}),
-    ("remora", {}),
     ("remora", {"mora_type": 3, "cycle": (3, 1)}),
 ]
 

@@ -4,12 +4,11 @@ import pytest
 import torch
 from torch import nn
 
-from mora.adapters import apply_adapters, config_from_dict, load_adapter, make_adapter, save_adapter
+from mora.adapters import apply_adapters, available_methods, config_from_dict, load_adapter, make_adapter, save_adapter
+from mora.adapters.config import option_names
 
-METHODS = ["fft", "lora", "loraplus", "asylora", "dora", "relora", "mora", "remora"]
 
-
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", available_methods())
 @pytest.mark.parametrize("r", [0, -4, 2.5, "8", True, None])
 def test_bad_r(method, r):
     with pytest.raises(ValueError, match=r"r must be a positive integer.*set method\.r >= 1"):
@@ -36,7 +35,7 @@ def test_unknown_option_key(method, key):
         make_adapter(nn.Linear(8, 8), method, 2, **{key: 1})
 
 
-@pytest.mark.parametrize("method", ["lora", "loraplus", "asylora", "dora", "relora"])
+@pytest.mark.parametrize("method", [m for m in available_methods() if "alpha" in option_names(m)])
 @pytest.mark.parametrize("alpha", [0, -1.0])
 def test_bad_alpha(method, alpha):
     with pytest.raises(ValueError, match="alpha must be > 0"):

@@ -92,7 +92,7 @@ def test_misspelt_key_is_named_with_the_closest_valid_one(tmp_path, group):
 def test_keys_without_a_near_match_are_listed_and_every_typo_is_named_at_once(tmp_path):
     err = assert_fails_before_training(tmp_path, [*TINY_RUN, "method=mora", "+method.ranks=4", "+eval.stepz=[3]"],
                                        ValueError, r"unknown config keys method.ranks")
-    assert "method.ranks (method takes dropout, kind, method, mora_type, overflow, r, target_modules," in str(err)
+    assert "method.ranks (method takes _target_, dropout, kind, method, mora_type, overflow, r, target_modules," in str(err)
     assert "eval.stepz (did you mean eval.steps?)" in str(err)
 
 

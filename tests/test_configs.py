@@ -1,12 +1,15 @@
 """Every config in conf/ composes, and every experiment builds its objects on the tiny model."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from mora.adapters import apply_adapters, config_from_dict
+from mora.adapters import apply_adapters, available_methods, config_from_dict, method_defaults
+from mora.adapters.config import config_class, option_names
+from mora.builders import build
 from mora.schema import check_config, set_or_add_overrides
 from runner import ROOT, compose
 
@@ -15,10 +18,11 @@ OFFLINE_MODELS = {"tiny_llama"}  # the others download from the hub (or need an 
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+    """The options a user picks (`_base` and other `_` files are pieces the options include)."""
+    return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
-@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS + ["benchmark"] for o in options(g) if o != "_base"])
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS + ["benchmark"] for o in options(g)])
 def test_every_option_composes(group, option):
     cfg = compose([f"{group}={option}"])
     assert OmegaConf.to_container(cfg, resolve=True)
@@ -51,11 +55,30 @@ def test_cli_overrides_reach_the_schema_as_set_or_add():
         "hydra.run.dir=.", "train/deepspeed=zero2", "seed=3", "++model.network.hidden_size=8,16"]
 
 
-@pytest.mark.parametrize("method", options("method"))
-def test_every_method_config_is_valid(method):
+def test_every_registered_method_has_its_yaml_and_every_yaml_a_method():
+    assert options("method") == available_methods()
+
+
+@pytest.mark.parametrize("method", available_methods())
+def test_every_method_config_is_valid_and_built_like_the_others(method):
+    """A method node is built as model, data and eval nodes are (its `_target_`, mora.builders.build),
+    and the options its YAML holds are every option of its dataclass: the defaults live there only."""
     cfg = compose([f"method={method}"])
-    config = config_from_dict(OmegaConf.to_container(cfg.method, resolve=True))
-    assert config.method == method
+    config = build(cfg, "method")
+    assert config.method == method and config == config_from_dict(OmegaConf.to_container(cfg.method, resolve=True))
+    assert set(cfg.method) - {"_target_"} == option_names(method)
+    assert set(method_defaults(method)) == option_names(method) - {"method"}
+    assert not [f.name for f in dataclasses.fields(config_class(method)) if f.default is not dataclasses.MISSING]
+
+
+def test_python_callers_get_the_yaml_defaults():
+    """`make_config("lora", 8)` and a partial dict (an old run's stored config) are filled from the YAML."""
+    from mora.adapters import make_config
+
+    lora = make_config("lora", 8)
+    assert (lora.alpha, lora.init, lora.dropout) == (16, "kaiming", 0.0)
+    assert make_config("asylora", 8).init == "orthogonal"  # its YAML overrides the LoRA default it extends
+    assert config_from_dict({"method": "fft", "r": 8}).target_modules == tuple(method_defaults("lora")["target_modules"])
 
 
 # The paper-task experiments are built and trained on the tiny model in tests/test_data_experiments.py.

@@ -245,3 +245,30 @@ def test_base_plus_adapter_is_the_merged_model(tmp_path):
     shutil.rmtree(path.parent / "adapter")  # as an FFT run leaves it
     with pytest.raises(ValueError, match="no adapter/.*use benchmark.model=merged"):
         load_model(path.parent, config, "adapter")
+
+
+def test_after_training_the_benchmark_scores_the_merged_model_in_memory(tmp_path, monkeypatch):
+    """mora.train hands the benchmark its merged model as a freshly loaded one would compute: adapters
+    merged, blocks no longer compiled, accelerate's bf16-autocast forward gone. Nothing is read back
+    from the store (here there is nothing to read: train.save_model=false)."""
+    import mora.train
+    from mora.adapters import adapter_layers
+
+    handed = []
+    evaluate_run = mora.train.evaluate_run
+    monkeypatch.setattr("mora.train.evaluate_run", lambda *args: handed.append(args[-1]) or evaluate_run(*args))
+
+    def read_back(*args, **kwargs):
+        raise AssertionError("the trained model was read back from the store")
+
+    monkeypatch.setattr("mora.evaluate.load_model", read_back)
+    metrics = train_in_process(tmp_path, "method=lora", "method.r=4", "train.precision=bf16", "train.compile=aot_eager",
+                               "train.save_model=false", "benchmark=spectrum", "benchmark.spectrum.threshold=1e-6")
+    assert metrics["spectrum"]["by_type"] == {t: 4.0 for t in ("q", "k", "v", "o", "up", "down", "gate")}
+    (path,) = metrics_files(tmp_path)
+    assert not (path.parent / "merged").exists()
+    (trained,) = handed
+    model = trained.model
+    assert not adapter_layers(model) and "_original_forward" not in vars(model)
+    assert model.forward.__func__ is type(model).forward
+    assert all(m._compiled_call_impl is None for m in model.modules())

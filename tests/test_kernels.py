@@ -16,15 +16,16 @@ from torch import nn
 
 from mora import kernels
 from mora.adapters import apply_adapters, make_adapter
+from mora.adapters.config import config_class
 from mora.kernels import fast_path, force_functional
+from runner import adapter_methods
 
 ROOT = Path(__file__).resolve().parents[1]
 
-METHODS = [
-    ("lora", {}),
+# Every registered method whose layer declares a fused path, as its YAML sets it, and option variants.
+METHODS = [(m, {}) for m in adapter_methods() if "fused_forward" in vars(config_class(m).layer_class)] + [
     ("lora", {"rslora": True, "alpha": 3.0}),
     ("asylora", {"freeze_A": True}),
-    ("dora", {}),
     ("mora", {"kind": "sharing"}),
     ("mora", {"mora_type": 2}),
     ("mora", {"mora_type": 3}),
@@ -107,10 +108,8 @@ def test_block_kinds_layouts(kind):
         layer = _layer("mora", {"kind": kind}, d, k, r, bias=False)
         if layer is None:
             continue
-        from mora.kernels.mora import block_plan
-
-        plan = block_plan(layer)
-        seen.add((plan[9], plan[8] < plan[6]))  # (tiled?, any block outside the batched GEMM?)
+        plan = layer.scheme.plan
+        seen.add((plan.tile, plan.n_batch < plan.used))  # (tiled?, any block outside the batched GEMM?)
         _compare(layer, lead=(4,))
     assert len(seen) >= 3
 

@@ -15,15 +15,12 @@ from mora.adapters import (
     merge_and_unload,
     save_adapter,
 )
+from runner import adapter_methods
 
-METHODS = [
-    ("lora", {}),
+# every registered adapter method as its YAML sets it, and the variants of their options
+METHODS = [(m, {}) for m in adapter_methods()] + [
     ("lora", {"rslora": True}),
-    ("loraplus", {}),
-    ("asylora", {}),
     ("asylora", {"freeze_A": True}),
-    ("dora", {}),
-    ("relora", {}),
     ("mora", {"mora_type": 1}),
     ("mora", {"mora_type": 2}),
     ("mora", {"mora_type": 3}),
@@ -33,7 +30,6 @@ METHODS = [
     ("mora", {"kind": "truncation"}),
     ("mora", {"kind": "rotation", "overflow": "fold"}),
     ("mora", {"kind": "decouple", "overflow": "fold"}),
-    ("remora", {}),
 ]
 
 

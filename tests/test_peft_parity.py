@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mora.adapters import DEFAULT_TARGETS, adapter_layers, apply_adapters, merge_and_unload
+from mora.adapters import adapter_layers, apply_adapters, merge_and_unload, method_defaults
 
 peft = pytest.importorskip("peft")
 
@@ -55,7 +55,7 @@ def test_parity_with_peft(label, ours_opts, peft_opts, dtype, make_tiny_llama):
 
     theirs = get_peft_model(
         theirs_base,
-        LoraConfig(r=R, lora_alpha=ALPHA, target_modules=list(DEFAULT_TARGETS), lora_dropout=0.0, **peft_opts),
+        LoraConfig(r=R, lora_alpha=ALPHA, target_modules=list(method_defaults("lora")["target_modules"]), lora_dropout=0.0, **peft_opts),
     )
     apply_adapters(ours, {"method": method, "r": R, "alpha": ALPHA, **ours_opts})
     theirs.eval()

@@ -4,11 +4,9 @@ with the digest cached by stat; hub data by id, config and revision."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import socket
-from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -111,22 +109,17 @@ def test_a_changed_local_file_changes_the_id(tmp_path, corpus, monkeypatch):
 
 
 def test_a_changed_adapter_default_changes_the_id(monkeypatch):
-    """`init` is a LoRA option no YAML sets: the id holds the dataclass's default, so changing that
-    default (a code change that changes the runs) names new runs."""
+    """The id holds every method option with its default filled in: a stored config that leaves an
+    option out (written before the option existed) is the run that spells the default, and changing
+    the default (conf/method/lora.yaml: a change to what the runs compute) names new runs."""
     from mora.adapters import config as adapter_config
-    from mora.adapters.lora import LoRAConfig
 
-    base = rid("experiment=uuid_mini", "method=lora")
-
-    def lora_with_init_default(init: str) -> type:
-        cls = dataclasses.make_dataclass("LoRAConfig", [("init", str, dataclasses.field(default=init))], bases=(LoRAConfig,))
-        monkeypatch.setitem(adapter_config._REGISTRY, "lora", cls)
-        return cls
-
-    lora_with_init_default("kaiming")
-    assert rid("experiment=uuid_mini", "method=lora") == base  # the same default: the same run
-    lora_with_init_default("orthogonal")
-    assert rid("experiment=uuid_mini", "method=lora") != base
+    spelt = container("experiment=uuid_mini", "method=lora")
+    left_out = {**spelt, "method": {k: v for k, v in spelt["method"].items() if k != "init"}}
+    assert run_id(left_out) == run_id(spelt)
+    yaml_defaults = adapter_config.method_defaults
+    monkeypatch.setattr(adapter_config, "method_defaults", lambda m: {**yaml_defaults(m), "init": "orthogonal"})
+    assert run_id(left_out) != run_id(spelt)
 
 
 def test_no_path_enters_the_identity(tmp_path, corpus, monkeypatch):

@@ -9,14 +9,13 @@ from safetensors.torch import load_file
 import transformers.modeling_utils as modeling_utils
 from mora import kernels
 from mora.adapters import available_methods
-from runner import metrics_files, train_in_process
+from runner import RESTARTS, metrics_files, restarts, train_in_process
 
-RESTARTS = ["method.merge_every=2", "method.rewarm_steps=1"]
 NO_EVAL = ["eval=none", "eval.metric=null"]
 
 
 def method_args(method: str) -> list[str]:
-    return [f"method={method}", "method.r=4", "train.lr=3e-3", *(RESTARTS if method in ("relora", "remora") else [])]
+    return [f"method={method}", "method.r=4", "train.lr=3e-3", *(RESTARTS if restarts(method) else [])]
 
 
 def merged_weights(runs_dir) -> dict[str, torch.Tensor]:

@@ -1,18 +1,20 @@
-"""Adapter layers for every method of the MoRA paper. Imports torch (and safetensors) only.
+"""Adapter layers for every method of the MoRA paper.
 
 Each method lives in its own module and registers its config by name; importing this package
-imports every module in it, so a new method is one file here plus one YAML under conf/method/.
+imports every module in it, so a new method is one file here plus one YAML under conf/method/
+(docs/architecture.md: "add a method").
 """
 
 import importlib
 import pkgutil
 
 from .config import (
-    DEFAULT_TARGETS,
     AdapterConfig,
     available_methods,
+    build_method,
     config_from_dict,
     make_config,
+    method_defaults,
 )
 from .inject import (
     BudgetReport,
@@ -35,7 +37,6 @@ for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
-    "DEFAULT_TARGETS",
     "AdapterConfig",
     "AdapterLayer",
     "BudgetReport",
@@ -44,11 +45,13 @@ __all__ = [
     "apply_adapters",
     "available_methods",
     "budget_report",
+    "build_method",
     "config_from_dict",
     "load_adapter",
     "make_adapter",
     "make_config",
     "merge_adapters",
+    "method_defaults",
     "merge_and_reinit",
     "merge_and_unload",
     "param_groups",

@@ -1,8 +1,13 @@
 """Method options as validated dataclasses, and the registry that maps a method name to them.
 
 Each method module registers its config class with `@register("name")`; nothing outside that module
-needs to know the method exists. Configs are plain data so that Hydra dicts and adapter checkpoints
-round-trip through `config_from_dict` / `AdapterConfig.to_dict`. A config also says what of it is a run's
+needs to know the method exists. A config is built the way every config node is (mora.builders):
+`conf/method/<name>.yaml` names the builder, `build_method`, as its `_target_`. The dataclass declares
+and checks the options; their defaults live in the YAML only (`conf/method/_base.yaml` holds the keys
+every method shares), and `config_from_dict` takes from there what a dict leaves out, so Python callers
+(`make_config("lora", 8)`) get the same defaults as Hydra runs. Configs are plain data so that Hydra
+dicts and adapter checkpoints round-trip through `config_from_dict` / `AdapterConfig.to_dict`. A config
+also says what of it is a run's
 identity (`identity()`: every option after validation, defaults filled in, the inert ones dropped) and
 which version of the method's behaviour it stands for (`version`), so the results store can tell two
 runs apart, and tell an old result from a current one (docs/results_store.md).
@@ -11,18 +16,12 @@ runs apart, and tell an old result from a current one (docs/results_store.md).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-DEFAULT_TARGETS: tuple[str, ...] = (
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-)
+from ..conf import CONF_DIR, load_option
+from ..registry import Registry
 
 # Bump when the code every method shares (wrapping, freezing, merging, optimizer groups) changes what a
 # run computes: the runs made before are then listed as stale (docs/results_store.md).
@@ -32,43 +31,28 @@ RESULTS_VERSION = 1
 # that names one is read without it (`mora.runs migrate`), never a config given to train.
 RETIRED_OPTIONS = {"fp32": "adapter weights are always fp32 (docs/precision.md)"}
 
-_REGISTRY: dict[str, type[AdapterConfig]] = {}
-
-
-def register(name: str):
-    """Class decorator: make a config class reachable by `method: name`."""
-
-    def wrap(cls: type[AdapterConfig]) -> type[AdapterConfig]:
-        if name in _REGISTRY:
-            raise RuntimeError(f"method {name!r} registered twice")
-        cls.method = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
+METHODS = Registry("method", "mora.adapters", "method")
+register = METHODS.register  # class decorator: `@register("lora")` makes a config class `method: lora`
 
 
 def available_methods() -> list[str]:
-    return sorted(_REGISTRY)
+    return METHODS.names()
 
 
 def config_class(method: str) -> type[AdapterConfig]:
-    try:
-        return _REGISTRY[method]
-    except KeyError:
-        raise ValueError(
-            f"unknown method {method!r}; choose one of {available_methods()}"
-        ) from None
+    return METHODS.get(method)
 
 
 @dataclass
 class AdapterConfig:
-    """Options every method shares. `r` fixes the parameter budget (d + k) * r of a layer."""
+    """Options every method shares (conf/method/_base.yaml). `r` fixes the parameter budget (d + k) * r
+    of a layer; `target_modules` are the nn.Linear layers adapted, `trainable_modules` others trained
+    in full (embeddings, norms, head in pretraining)."""
 
-    r: int = 8
-    target_modules: tuple[str, ...] = DEFAULT_TARGETS
-    trainable_modules: tuple[str, ...] = ()
-    dropout: float = 0.0
+    r: int
+    target_modules: tuple[str, ...]
+    trainable_modules: tuple[str, ...]
+    dropout: float
 
     method: ClassVar[str] = "?"
     # Bump (in the method's own class) when the method's layer or options change what a run computes.
@@ -122,12 +106,14 @@ class AdapterConfig:
 
 @dataclass
 class RestartOptions:
-    """ReLoRA-style restarts: merge every `merge_every` steps, reset optimizer state, re-warm the LR."""
+    """ReLoRA-style restarts: merge every `merge_every` steps, reset optimizer state, re-warm the LR
+    over `rewarm_steps`; `optimizer_reset` "full" zeroes the moments, "magnitude" keeps the
+    `optimizer_keep` fraction of the largest."""
 
-    merge_every: int = 2000
-    rewarm_steps: int = 50
-    optimizer_reset: str = "full"  # "full" zeroes the moments; "magnitude" keeps the largest fraction
-    optimizer_keep: float = 0.1
+    merge_every: int
+    rewarm_steps: int
+    optimizer_reset: str
+    optimizer_keep: float
 
     def restart_options(self) -> RestartOptions:
         return self
@@ -171,13 +157,21 @@ def option_names(method: str) -> set[str]:
     return {"method", *(f.name for f in dataclasses.fields(config_class(method)))}
 
 
+@functools.lru_cache(maxsize=None)
+def method_defaults(method: str) -> dict[str, Any]:
+    """The options conf/method/<method>.yaml sets, with what its defaults list brings (`_base`, the
+    method it extends); none for a method without a YAML there (its callers give every option)."""
+    if not (CONF_DIR / "method" / f"{method}.yaml").is_file():
+        return {}
+    return {k: v for k, v in load_option("method", method).items() if k not in ("method", *IGNORED_KEYS)}
+
+
 def config_from_dict(options: dict[str, Any] | AdapterConfig) -> AdapterConfig:
-    """Build a validated config from `{"method": ..., **options}` (a Hydra node or a checkpoint's JSON)."""
+    """Build a validated config from `{"method": ..., **options}` (a Hydra node or a checkpoint's JSON);
+    options it leaves out take the method's defaults (`method_defaults`)."""
     if isinstance(options, AdapterConfig):
         return options
-    opts = dict(options)
-    for key in IGNORED_KEYS:
-        opts.pop(key, None)
+    opts = {k: v for k, v in dict(options).items() if k not in IGNORED_KEYS}
     method = opts.pop("method", None)
     if method is None:
         raise ValueError(f"method config has no 'method' key; choose one of {available_methods()}")
@@ -186,7 +180,20 @@ def config_from_dict(options: dict[str, Any] | AdapterConfig) -> AdapterConfig:
     unknown = sorted(set(opts) - allowed)
     if unknown:
         raise ValueError(f"{method}: unknown option(s) {unknown}; allowed: {sorted(allowed)}")
+    opts = {**method_defaults(method), **opts}
+    missing = sorted(allowed - set(opts))
+    if missing:
+        raise ValueError(f"{method}: no value for option(s) {missing}; set them (a method's defaults are its "
+                         f"conf/method/<method>.yaml)")
     return cls(**opts)
+
+
+def build_method(method: str, **options: Any) -> AdapterConfig:
+    """The `_target_` of every conf/method/*.yaml: the validated options of `method`."""
+    return config_from_dict({"method": method, **options})
+
+
+build_method.accepted_keys = lambda node: option_names(str(node.get("method")))  # read by mora.schema
 
 
 def make_config(method: str, r: int, **options: Any) -> AdapterConfig:
@@ -194,13 +201,14 @@ def make_config(method: str, r: int, **options: Any) -> AdapterConfig:
 
 
 __all__ = [
-    "DEFAULT_TARGETS",
     "AdapterConfig",
     "RestartOptions",
     "available_methods",
+    "build_method",
     "config_class",
     "config_from_dict",
     "make_config",
+    "method_defaults",
     "option_names",
     "register",
 ]

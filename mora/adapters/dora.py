@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels.lora import WeightNorms, dora_forward
 from .config import register
 from .lora import LoRAConfig, LoRALayer
 
@@ -31,6 +32,7 @@ class DoRALayer(LoRALayer):
         super().__init__(base, config)
         self.dora_magnitude = self.new_parameter(self.out_features)
         self.register_buffer("merge_scale", None, persistent=False)
+        self.weight_norms = WeightNorms()  # ||W0||² per row for the fused path, kept while W0 is unchanged
         self.reset_adapter()
 
     @torch.no_grad()
@@ -52,6 +54,10 @@ class DoRALayer(LoRALayer):
         update = self.delta(self.dropout(x.to(self.adapter_dtype)))
         out = (g * (base_out + update)).to(x.dtype)
         return out if base.bias is None else out + base.bias
+
+    def fused_forward(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return dora_forward(x, self.base, self.lora_A, self.lora_B, self.dora_magnitude, self.scaling,
+                            self.weight_norms, dtype)
 
     def delta_weight(self) -> torch.Tensor:
         w0 = self.base.weight.to(self.adapter_dtype)

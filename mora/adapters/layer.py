@@ -76,9 +76,12 @@ class AdapterLayer(nn.Module):
             if not name.startswith("base."):
                 yield name, param
 
-    # None: use mora.kernels' fused training path when it supports the call (CUDA input, see
+    # None: use the fused training path when mora.kernels supports the call (CUDA input, see
     # mora/kernels/dispatch.py), else the reference `adapted_forward`; False: always the reference.
     fast_path: bool | None = None
+    # A class with a fused path defines `fused_forward(self, x, dtype) -> Tensor | None` in its own body
+    # (x already in the compute dtype; None: this call keeps the reference path). A subclass that does not
+    # define its own keeps the reference path: it may change the maths the inherited one fuses.
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..kernels.lora import lora_forward
 from .config import AdapterConfig, RestartOptions, register
 from .layer import AdapterLayer
 
@@ -21,10 +22,13 @@ INITS = ("kaiming", "orthogonal")
 @register("lora")
 @dataclass
 class LoRAConfig(AdapterConfig):
-    alpha: float = 16.0
-    rslora: bool = False
-    init: str = "kaiming"  # A's init: kaiming_uniform(a=sqrt(5)), or orthogonal rows (AsyLoRA)
-    freeze_A: bool = False
+    """`alpha`: s = alpha / r (alpha / sqrt(r) with `rslora`); `init`: A's, kaiming_uniform(a=sqrt(5)) or
+    orthogonal rows (AsyLoRA); `freeze_A`: train B only."""
+
+    alpha: float
+    rslora: bool
+    init: str
+    freeze_A: bool
 
     def validate(self) -> None:
         super().validate()
@@ -50,7 +54,7 @@ class LoRAConfig(AdapterConfig):
 class LoRAPlusConfig(LoRAConfig):
     """LoRA+: B learns `lr_ratio` (lambda) times faster than A; the paper searches lambda in {2, 4}."""
 
-    lr_ratio: float = 4.0
+    lr_ratio: float
 
     def validate(self) -> None:
         super().validate()
@@ -64,10 +68,8 @@ class LoRAPlusConfig(LoRAConfig):
 @register("asylora")
 @dataclass
 class AsyLoRAConfig(LoRAConfig):
-    """AsyLoRA: A from orthonormal rows, B = 0. `freeze_A=False` is how the MoRA paper's baseline ran it;
-    `freeze_A=True` is the AsyLoRA paper's own recipe (train B only)."""
-
-    init: str = "orthogonal"
+    """AsyLoRA: A from orthonormal rows (`init: orthogonal`), B = 0. `freeze_A=False` is how the MoRA
+    paper's baseline ran it; `freeze_A=True` is the AsyLoRA paper's own recipe (train B only)."""
 
 
 @register("relora")
@@ -116,6 +118,9 @@ class LoRALayer(AdapterLayer):
 
     def delta_weight(self) -> torch.Tensor:
         return (self.lora_B @ self.lora_A) * self.scaling
+
+    def fused_forward(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return lora_forward(x, self.base, self.lora_A, self.lora_B, self.scaling, dtype)
 
     def restart_parameters(self) -> list[nn.Parameter]:
         return [self.lora_A, self.lora_B]

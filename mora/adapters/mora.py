@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
 
-from ..kernels.common import compiling
+from ..kernels.mora import BlockPlan, SharingGeometry, block_forward, sharing_forward, truncation_forward
+from ..kernels.mora_tables import SHARING_GROUPINGS, RopeTables
 from .config import AdapterConfig, RestartOptions, register
 from .layer import AdapterLayer
 
@@ -40,15 +40,7 @@ KINDS = ("sharing", "rotation", "decouple", "truncation")
 AUTO = "auto"
 AUTO_SHARING_MIN_RANK = 128  # kind auto: sharing from this r up, rotation below (module docstring)
 TYPE_ALIASES = {1: "sharing", 2: "sharing", 3: "sharing", 4: "sharing", 6: "rotation"}
-# sharing type -> (compression, decompression)
-SHARING_GROUPINGS = {
-    1: ("modulo", "tile"),
-    2: ("contiguous", "contiguous"),
-    3: ("contiguous", "tile"),
-    4: ("modulo", "contiguous"),
-}
 OVERFLOWS = ("truncate", "fold")
-ROPE_BASE = 10000.0
 
 
 def mora_rank(out_features: int, in_features: int, r: int, even: bool = False) -> int:
@@ -60,11 +52,11 @@ def mora_rank(out_features: int, in_features: int, r: int, even: bool = False) -
 @register("mora")
 @dataclass
 class MoRAConfig(AdapterConfig):
-    kind: str = AUTO  # or one of KINDS; auto resolves by rank when the config is validated
-    mora_type: int | None = None
+    kind: str  # auto or one of KINDS; auto resolves by rank when the config is validated
+    mora_type: int | None
     # rotation/decouple when the blocks yield more than d outputs: "truncate" (the authors' code: inputs
     # past about d get no update) or "fold" (sum the extra output blocks back into the first d).
-    overflow: str = "truncate"
+    overflow: str
 
     def __post_init__(self) -> None:
         self._resolve_kind()
@@ -98,7 +90,7 @@ class MoRAConfig(AdapterConfig):
 
     def inert_fields(self) -> set[str]:
         """`overflow` only matters to the kinds that lay blocks of inputs side by side."""
-        return super().inert_fields() | (set() if self.kind in ("rotation", "decouple") else {"overflow"})
+        return super().inert_fields() | (set() if issubclass(SCHEMES[self.kind], Blocks) else {"overflow"})
 
     def validate(self) -> None:
         super().validate()
@@ -119,7 +111,7 @@ class ReMoRAConfig(RestartOptions, MoRAConfig):
     """ReMoRA: MoRA + merge-and-reinit; after each merge the sharing grouping moves along `cycle`
     (the authors' default 1 -> 2 -> 3 -> 4 -> 1; the paper's appendix uses two groupings, e.g. [1, 2])."""
 
-    cycle: tuple[int, ...] = (1, 2, 3, 4)
+    cycle: tuple[int, ...]
 
     def auto_kind(self) -> str:
         """Sharing at any rank: the only kind with a grouping to move along after a merge."""
@@ -196,18 +188,163 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
 
 
+def _fold_pad_columns(padded: torch.Tensor, k: int, pad: int) -> torch.Tensor:
+    """Columns k..k+pad act on the wrapped copies of inputs 0..pad: add them back to their sources."""
+    if padded.shape[1] == k:
+        return padded
+    weight = padded[:, :k].clone()
+    weight[:, :pad] += padded[:, k:]
+    return weight
+
+
+class Sharing:
+    """Types 1-4 (Eq. 6 and the contiguous groupings): x compressed to r̂ features, through M, decompressed to d."""
+
+    def __init__(self, layer: MoRALayer):
+        self.geometry = SharingGeometry.of(layer.sharing_type, layer.r_hat, layer.pad)
+
+    @staticmethod
+    def wraps(config: MoRAConfig) -> bool:
+        """Whether the layer wrap-pads its inputs (a modulo compression, at some point of its life)."""
+        return any(SHARING_GROUPINGS[t][0] == "modulo" for t in config.sharing_types())
+
+    def delta(self, layer: MoRALayer, x: torch.Tensor) -> torch.Tensor:
+        geo = self.geometry
+        if geo.compress == "modulo":
+            z = _wrap_pad(x, layer.pad).unflatten(-1, (layer.n_blocks, layer.r_hat)).sum(-2)
+        else:
+            z = _contiguous_sum(x, layer.r_hat)
+        y = z @ layer.mora_M.t()
+        return _tile(y, layer.out_features) if geo.decompress == "tile" else _contiguous_repeat(y, layer.out_features)
+
+    def weight(self, layer: MoRALayer) -> torch.Tensor:
+        M, device = layer.mora_M, layer.mora_M.device
+        if self.geometry.compress == "modulo":
+            cols = torch.arange(layer.in_features + layer.pad, device=device) % layer.r_hat
+        else:
+            cols = _contiguous_index(layer.in_features, layer.r_hat, device)
+        if self.geometry.decompress == "tile":
+            rows = torch.arange(layer.out_features, device=device) % layer.r_hat
+        else:
+            rows = _contiguous_index(layer.out_features, layer.r_hat, device)
+        return _fold_pad_columns(M[rows.unsqueeze(1), cols.unsqueeze(0)], layer.in_features, layer.pad)
+
+    def fused(self, layer: MoRALayer, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return sharing_forward(x, layer.base, layer.mora_M, self.geometry, dtype)
+
+
+class Blocks:
+    """Decouple (Eq. 8): the wrap-padded x in blocks of r̂ inputs, each block through M, the flat outputs
+    tiled up to d, or past d truncated (the authors' code) or folded back (`overflow`)."""
+
+    rotate = False
+
+    def __init__(self, layer: MoRALayer):
+        self.rope = RopeTables(layer.r_hat, layer.n_blocks) if self.rotate else None
+        self.plan = BlockPlan.of(layer.r_hat, layer.in_features, layer.out_features, layer.pad, layer.config.overflow)
+
+    @staticmethod
+    def wraps(config: MoRAConfig) -> bool:
+        return True
+
+    def delta(self, layer: MoRALayer, x: torch.Tensor) -> torch.Tensor:
+        blocks = _wrap_pad(x, layer.pad).unflatten(-1, (layer.n_blocks, layer.r_hat))
+        if self.rope is not None:
+            cos, sin = self.rope.exact(x.device, x.dtype)
+            blocks = blocks * cos + _rotate_half(blocks) * sin
+        flat = (blocks @ layer.mora_M.t()).flatten(-2)
+        d, n = layer.out_features, flat.shape[-1]
+        if n < d:
+            return _tile(flat, d)
+        if layer.config.overflow == "truncate" or n == d:
+            return flat[..., :d]
+        folds = -(-n // d)
+        padded = torch.nn.functional.pad(flat, (0, folds * d - n))
+        return padded.unflatten(-1, (folds, d)).sum(-2)
+
+    def matrices(self, layer: MoRALayer) -> torch.Tensor:
+        """(n_blocks, r̂, r̂): the map from block b's inputs to its outputs, M R_b (rotation) or M."""
+        M = layer.mora_M
+        if self.rope is None:
+            return M.unsqueeze(0).expand(layer.n_blocks, -1, -1)
+        cos, sin = self.rope.exact(M.device, M.dtype)
+        # M R_b = M diag(cos_b) + M diag(sin_b) Rh, where (A Rh) = [A[:, h:], -A[:, :h]] for rotate-half Rh.
+        scaled = M.unsqueeze(0) * sin.unsqueeze(1)
+        half = layer.r_hat // 2
+        return M.unsqueeze(0) * cos.unsqueeze(1) + torch.cat([scaled[..., half:], -scaled[..., :half]], dim=-1)
+
+    def weight(self, layer: MoRALayer) -> torch.Tensor:
+        r_hat, nb, d = layer.r_hat, layer.n_blocks, layer.out_features
+        n_flat = nb * r_hat
+        device = layer.mora_M.device
+        blocks = self.matrices(layer)
+        fold = layer.config.overflow == "fold" and n_flat > d
+        flat_rows = torch.arange(n_flat if fold else d, device=device)
+        if not fold:
+            flat_rows = flat_rows % n_flat  # truncation keeps the first d; tiling wraps around
+        which_block, row_in_block = flat_rows // r_hat, flat_rows % r_hat
+        dense = blocks.new_zeros(flat_rows.numel(), nb, r_hat)
+        dense[torch.arange(flat_rows.numel(), device=device), which_block] = blocks[which_block, row_in_block]
+        dense = dense.flatten(1)
+        if fold:
+            dense = dense.new_zeros(d, n_flat).index_add_(0, flat_rows % d, dense)
+        return _fold_pad_columns(dense, layer.in_features, layer.pad)
+
+    def fused(self, layer: MoRALayer, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+        if self.plan is None:  # folded overflow: the reference path
+            return None
+        return block_forward(x, layer.base, layer.mora_M, self.plan, self.rope, dtype)
+
+
+class Rotation(Blocks):
+    """Eq. 9: decouple with block b rotated RoPE-style by b * theta before M (mora_tables)."""
+
+    rotate = True
+
+
+class Truncation:
+    """Eq. 4: the first r̂ inputs through M into the first r̂ outputs."""
+
+    def __init__(self, layer: MoRALayer):
+        pass
+
+    @staticmethod
+    def wraps(config: MoRAConfig) -> bool:
+        return False
+
+    def delta(self, layer: MoRALayer, x: torch.Tensor) -> torch.Tensor:
+        r_hat, d, k = layer.r_hat, layer.out_features, layer.in_features
+        z = x[..., :r_hat]
+        if k < r_hat:
+            z = torch.nn.functional.pad(z, (0, r_hat - k))
+        y = z @ layer.mora_M.t()
+        return y[..., :d] if d <= r_hat else torch.nn.functional.pad(y, (0, d - r_hat))
+
+    def weight(self, layer: MoRALayer) -> torch.Tensor:
+        d, k, r_hat = layer.out_features, layer.in_features, layer.r_hat
+        weight = layer.mora_M.new_zeros(d, k)
+        rows, cols = min(d, r_hat), min(k, r_hat)
+        weight[:rows, :cols] = layer.mora_M[:rows, :cols]
+        return weight
+
+    def fused(self, layer: MoRALayer, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return truncation_forward(x, layer.base, layer.mora_M, dtype)
+
+
+# The one place MoRA's kind is dispatched: each kind's reference map, dense ΔW and fused path.
+SCHEMES: dict[str, type] = {"sharing": Sharing, "rotation": Rotation, "decouple": Blocks, "truncation": Truncation}
+
+
 class MoRALayer(AdapterLayer):
     def __init__(self, base: nn.Linear, config: MoRAConfig):
         super().__init__(base, config)
         d, k = self.out_features, self.in_features
-        self.r_hat = r_hat = mora_rank(d, k, config.r, even=config.kind == "rotation")
-        if r_hat < 1 or (config.kind == "rotation" and r_hat < 2):
+        scheme = SCHEMES[config.kind]
+        self.r_hat = r_hat = mora_rank(d, k, config.r, even=scheme is Rotation)
+        if r_hat < 1 or (scheme is Rotation and r_hat < 2):
             raise ValueError(f"{config.method}: r={config.r} gives r̂={r_hat} on a {d}x{k} layer; raise r")
         self.pad = (r_hat - k % r_hat) % r_hat
-        needs_pad = config.kind in ("rotation", "decouple") or any(
-            SHARING_GROUPINGS[t][0] == "modulo" for t in config.sharing_types()
-        )
-        if needs_pad and self.pad > k:
+        if scheme.wraps(config) and self.pad > k:
             raise ValueError(
                 f"{config.method}: wrap padding needs {self.pad} extra inputs but the layer has only {k} "
                 f"(r̂={r_hat} from r={config.r} on {d}x{k}); lower r, or use kind=truncation or a contiguous "
@@ -215,25 +352,14 @@ class MoRALayer(AdapterLayer):
             )
         self.n_blocks = (k + self.pad) // r_hat
         self.mora_M = self.new_parameter(r_hat, r_hat)
-        self._rope_tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         if config.restart_options() is not None:
             self.register_buffer("restarts", torch.zeros((), dtype=torch.long, device=base.weight.device))
         self._set_grouping(config.sharing_type_after(0))
         self.reset_adapter()
 
-    # -- grouping state ------------------------------------------------------------------------
     def _set_grouping(self, sharing_type: int | None) -> None:
         self.sharing_type = sharing_type
-        kind = self.config.kind
-        if kind == "sharing":
-            compress, decompress = SHARING_GROUPINGS[sharing_type]
-            self._compress: Callable = self._modulo_compress if compress == "modulo" else self._contiguous_compress
-            self._decompress: Callable = self._tile_out if decompress == "tile" else self._contiguous_out
-            self._delta_fn = self._sharing_delta
-        elif kind in ("rotation", "decouple"):
-            self._delta_fn = self._block_delta
-        else:
-            self._delta_fn = self._truncation_delta
+        self.scheme = SCHEMES[self.config.kind](self)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -259,133 +385,15 @@ class MoRALayer(AdapterLayer):
         self.restarts += 1
         self._set_grouping(self.config.sharing_type_after(int(self.restarts)))
 
-    # -- forward maps ----------------------------------------------------------------------------
     def delta(self, x: torch.Tensor) -> torch.Tensor:
-        return self._delta_fn(x)
+        return self.scheme.delta(self, x)
 
-    def _modulo_compress(self, x: torch.Tensor) -> torch.Tensor:
-        return _wrap_pad(x, self.pad).unflatten(-1, (self.n_blocks, self.r_hat)).sum(-2)
-
-    def _contiguous_compress(self, x: torch.Tensor) -> torch.Tensor:
-        return _contiguous_sum(x, self.r_hat)
-
-    def _tile_out(self, y: torch.Tensor) -> torch.Tensor:
-        return _tile(y, self.out_features)
-
-    def _contiguous_out(self, y: torch.Tensor) -> torch.Tensor:
-        return _contiguous_repeat(y, self.out_features)
-
-    def _sharing_delta(self, x: torch.Tensor) -> torch.Tensor:
-        return self._decompress(self._compress(x) @ self.mora_M.t())
-
-    def _block_delta(self, x: torch.Tensor) -> torch.Tensor:
-        blocks = _wrap_pad(x, self.pad).unflatten(-1, (self.n_blocks, self.r_hat))
-        if self.config.kind == "rotation":
-            cos, sin = self._rope(x.device, x.dtype)
-            blocks = blocks * cos + _rotate_half(blocks) * sin
-        flat = (blocks @ self.mora_M.t()).flatten(-2)
-        return self._fit_outputs(flat)
-
-    def _fit_outputs(self, flat: torch.Tensor) -> torch.Tensor:
-        d, n = self.out_features, flat.shape[-1]
-        if n < d:
-            return _tile(flat, d)
-        if self.config.overflow == "truncate" or n == d:
-            return flat[..., :d]
-        folds = -(-n // d)
-        padded = torch.nn.functional.pad(flat, (0, folds * d - n))
-        return padded.unflatten(-1, (folds, d)).sum(-2)
-
-    def _truncation_delta(self, x: torch.Tensor) -> torch.Tensor:
-        r_hat, d, k = self.r_hat, self.out_features, self.in_features
-        z = x[..., :r_hat]
-        if k < r_hat:
-            z = torch.nn.functional.pad(z, (0, r_hat - k))
-        y = z @ self.mora_M.t()
-        return y[..., :d] if d <= r_hat else torch.nn.functional.pad(y, (0, d - r_hat))
-
-    def _rope(self, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin per (block, feature), computed in float64; cached per device and dtype, except while
-        torch.compile traces (a per-layer cache lookup would make every layer a recompile)."""
-        key = (device, dtype)
-        if compiling() or key not in self._rope_tables:
-            half = self.r_hat // 2
-            inv_freq = ROPE_BASE ** (-torch.arange(half, dtype=torch.float64, device=device) * 2 / self.r_hat)
-            angles = torch.outer(torch.arange(self.n_blocks, dtype=torch.float64, device=device), inv_freq)
-            angles = torch.cat([angles, angles], dim=-1)
-            tables = (angles.cos().to(dtype), angles.sin().to(dtype))
-            if compiling():
-                return tables
-            self._rope_tables[key] = tables
-        return self._rope_tables[key]
-
-    # -- dense ΔW (gathers, no loop over features) -------------------------------------------------
     def delta_weight(self) -> torch.Tensor:
-        kind = self.config.kind
-        if kind == "sharing":
-            padded = self._sharing_weight()
-        elif kind == "truncation":
-            return self._truncation_weight()
-        else:
-            padded = self._block_weight()
-        return self._fold_pad_columns(padded)
+        """Dense ΔW by gathers, no loop over features."""
+        return self.scheme.weight(self)
 
-    def _fold_pad_columns(self, padded: torch.Tensor) -> torch.Tensor:
-        """Columns k..k+pad act on the wrapped copies of inputs 0..pad: add them back to their sources."""
-        k = self.in_features
-        if padded.shape[1] == k:
-            return padded
-        weight = padded[:, :k].clone()
-        weight[:, : self.pad] += padded[:, k:]
-        return weight
-
-    def _sharing_weight(self) -> torch.Tensor:
-        M, device = self.mora_M, self.mora_M.device
-        compress, decompress = SHARING_GROUPINGS[self.sharing_type]
-        if compress == "modulo":
-            cols = torch.arange(self.in_features + self.pad, device=device) % self.r_hat
-        else:
-            cols = _contiguous_index(self.in_features, self.r_hat, device)
-        if decompress == "tile":
-            rows = torch.arange(self.out_features, device=device) % self.r_hat
-        else:
-            rows = _contiguous_index(self.out_features, self.r_hat, device)
-        return M[rows.unsqueeze(1), cols.unsqueeze(0)]
-
-    def _block_matrices(self) -> torch.Tensor:
-        """(n_blocks, r̂, r̂): the map from block b's inputs to its outputs, M R_b (rotation) or M."""
-        M = self.mora_M
-        if self.config.kind == "decouple":
-            return M.unsqueeze(0).expand(self.n_blocks, -1, -1)
-        cos, sin = self._rope(M.device, M.dtype)
-        # M R_b = M diag(cos_b) + M diag(sin_b) Rh, where (A Rh) = [A[:, h:], -A[:, :h]] for rotate-half Rh.
-        scaled = M.unsqueeze(0) * sin.unsqueeze(1)
-        half = self.r_hat // 2
-        return M.unsqueeze(0) * cos.unsqueeze(1) + torch.cat([scaled[..., half:], -scaled[..., :half]], dim=-1)
-
-    def _block_weight(self) -> torch.Tensor:
-        r_hat, nb, d = self.r_hat, self.n_blocks, self.out_features
-        n_flat = nb * r_hat
-        device = self.mora_M.device
-        blocks = self._block_matrices()
-        fold = self.config.overflow == "fold" and n_flat > d
-        flat_rows = torch.arange(n_flat if fold else d, device=device)
-        if not fold:
-            flat_rows = flat_rows % n_flat  # truncation keeps the first d; tiling wraps around
-        which_block, row_in_block = flat_rows // r_hat, flat_rows % r_hat
-        dense = blocks.new_zeros(flat_rows.numel(), nb, r_hat)
-        dense[torch.arange(flat_rows.numel(), device=device), which_block] = blocks[which_block, row_in_block]
-        dense = dense.flatten(1)
-        if fold:
-            dense = dense.new_zeros(d, n_flat).index_add_(0, flat_rows % d, dense)
-        return dense
-
-    def _truncation_weight(self) -> torch.Tensor:
-        d, k, r_hat = self.out_features, self.in_features, self.r_hat
-        weight = self.mora_M.new_zeros(d, k)
-        rows, cols = min(d, r_hat), min(k, r_hat)
-        weight[:rows, :cols] = self.mora_M[:rows, :cols]
-        return weight
+    def fused_forward(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+        return self.scheme.fused(self, x, dtype)
 
     def extra_repr(self) -> str:
         grouping = f", type={self.sharing_type}" if self.sharing_type is not None else ""

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .cache import Writer, load_or_build
+from .registry import register_task
 from .rows import ExampleRows, permutation
 from .task import SourceTask, batched
 
@@ -83,6 +84,7 @@ class ChatTask(SourceTask):
         return ExampleRows(arrays["train"], permutation(len(arrays["train"]), self.seed))
 
 
+@register_task("tulu_v2")
 class TuluChat(ChatTask):
     """Tulu v2 SFT mixture (`messages`: [{role, content}]) in the Tulu chat format of open-instruct:
 
@@ -92,7 +94,6 @@ class TuluChat(ChatTask):
     assistant reply and its EOS. (open-instruct also trains on the newline after a non-final EOS;
     here that newline is a separator and carries no loss.)"""
 
-    name = "tulu_v2"
     version = 1
     schema = {"messages": [{"role": str, "content": str}]}
     roles = ("system", "user", "assistant")
@@ -115,6 +116,7 @@ class TuluChat(ChatTask):
         return text, spans
 
 
+@register_task("metamath")
 class MetaMathAlpaca(ChatTask):
     """MetaMathQA (`query`, `response`) in the Alpaca prompt, as MetaMath's train_math.py and the MoRA
     authors' training code build it: a query with a new line is split at its first one into the
@@ -123,7 +125,6 @@ class MetaMathAlpaca(ChatTask):
     `### Response:` directly and ends with EOS. Loss on the response and its EOS. The paper does not give
     a length; MetaMath trained with 512 tokens, the config's default."""
 
-    name = "metamath"
     version = 2
     schema = {"query": str, "response": str}
     # Alpaca's two templates (tatsu-lab/stanford_alpaca PROMPT_DICT, which MetaMath reuses)

@@ -29,6 +29,7 @@ from torch.utils.data import Dataset, Subset
 
 from .adaptllm import MINERS, reading_comprehension
 from .cache import Ragged, Writer, load_or_build
+from .registry import register_task
 from .rows import PackedRows, StreamingPackedRows, permutation
 from .sources import Source
 from .task import SourceTask, batched, positive_int
@@ -59,10 +60,10 @@ def _pieces(text: str) -> list[str]:
     return out + [text]
 
 
+@register_task("c4")
 class CorpusTask(SourceTask):
     """C4 (`allenai/c4`, `en`, streamed) or any text corpus: documents packed into max_length rows."""
 
-    name = "c4"
     version = 1
 
     def __init__(
@@ -271,13 +272,13 @@ class ReadingComprehensionCorpus(CorpusTask):
         }
 
 
+@register_task("biomed_cpt")
 class BiomedCorpus(ReadingComprehensionCorpus):
-    name = "biomed_cpt"
     version = 1
     domain = "biomedicine"
 
 
+@register_task("finance_cpt")
 class FinanceCorpus(ReadingComprehensionCorpus):
-    name = "finance_cpt"
     version = 1
     domain = "finance"

@@ -22,9 +22,8 @@ import os
 import sys
 import textwrap
 from itertools import islice
-from pathlib import Path
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+from ..conf import CONF_DIR
 
 
 class Style:

@@ -1,4 +1,5 @@
-"""Builders by name: `conf/data/*.yaml` picks one with `task: <name>` and passes the rest as options."""
+"""Data builders by name: `conf/data/*.yaml` picks one with `task: <name>` and passes the rest as options.
+Each builder class registers itself next to its definition (`@register_task("uuid")`)."""
 
 from __future__ import annotations
 
@@ -8,26 +9,16 @@ import os
 from typing import Any
 
 from ..fingerprint import content_fingerprint, hub_revision
-from .chat import MetaMathAlpaca, TuluChat
-from .corpus import BiomedCorpus, CorpusTask, FinanceCorpus
+from ..interfaces import Task
+from ..registry import Registry
 from .sources import Source
-from .uuid import UUIDTask
 
-BUILDERS: dict[str, Any] = {
-    "uuid": UUIDTask,
-    "tulu_v2": TuluChat,
-    "metamath": MetaMathAlpaca,
-    "biomed_cpt": BiomedCorpus,
-    "finance_cpt": FinanceCorpus,
-    "c4": CorpusTask,
-}
+TASKS = Registry("data builder", "mora.data", "name")
+register_task = TASKS.register  # class decorator: `@register_task("uuid")` makes a builder `task: uuid`
 
 
 def builder_of(task: str) -> type:
-    try:
-        return BUILDERS[task]
-    except KeyError:
-        raise ValueError(f"unknown data builder {task!r}; choose one of {sorted(BUILDERS)}") from None
+    return TASKS.get(task)
 
 
 def _init_parameters(builder: type) -> list[inspect.Parameter]:
@@ -82,8 +73,8 @@ def provenance(task: Any) -> dict[str, Any] | None:
             "commit": hub_revision("dataset", source.name, source.revision)}
 
 
-def build_task(task: str, tokenizer, **options):
-    """The task object train.py trains on: `train_dataset()` rows and a `collator()`."""
+def build_task(task: str, tokenizer, **options) -> Task:
+    """The `_target_` of every conf/data/*.yaml: the task a run trains on (mora.interfaces.Task)."""
     builder = builder_of(task)
     allowed = accepted_options(builder) - {"tokenizer"}
     unknown = sorted(set(options) - allowed)
@@ -99,8 +90,9 @@ def build_task(task: str, tokenizer, **options):
 def _builder_keys(node: dict) -> set[str]:
     """The keys a `data.builder` node may hold: `task` and the options of the builder it names (read by
     mora.schema before anything is built; an unknown task is left for build_task to name)."""
-    builder = BUILDERS.get(node.get("task"))
-    if builder is None:
+    try:
+        builder = builder_of(node.get("task"))
+    except ValueError:
         return set(node)
     return {"task"} | (accepted_options(builder) - {"tokenizer"})
 

@@ -24,9 +24,9 @@ def positive_int(value: Any, name: str) -> int:
 
 
 class SourceTask:
-    """Subclasses set `name` (the registry name) and `version` (bump it whenever the produced tokens
-    change, so old caches stop matching and the runs made from them are listed as stale), and list the
-    options that shape their output."""
+    """Subclasses register (`@register_task("name")` sets `name`) and set `version` (bump it whenever the
+    produced tokens change, so old caches stop matching and the runs made from them are listed as
+    stale), and list the options that shape their output."""
 
     name: ClassVar[str]
     version: ClassVar[int]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .collate import IGNORE_INDEX, PadCollator
+from .registry import register_task
 
 SEPARATOR = ":"
 VALUE_CHARS = 36
@@ -25,6 +26,7 @@ def uuid_pairs(n_pairs: int, seed: int) -> list[tuple[str, str]]:
     return [(draw(), draw()) for _ in range(n_pairs)]
 
 
+@register_task("uuid")
 @dataclass
 class UUIDTask:
     version: ClassVar[int] = 1  # bump when the pairs or rows change (the runs made before become stale)

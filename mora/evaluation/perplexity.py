@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.collate import IGNORE_INDEX
+from ..interfaces import HeldOutTask
 
 
 @dataclass
@@ -24,7 +25,7 @@ class Perplexity:
     max_sequences: int | None = None
 
     @torch.no_grad()
-    def __call__(self, model, tokenizer, task) -> dict[str, float]:
+    def __call__(self, model, tokenizer, task: HeldOutTask) -> dict[str, float]:
         rows = task.validation_dataset()
         n = len(rows) if self.max_sequences is None else min(self.max_sequences, len(rows))
         collate = task.collator()

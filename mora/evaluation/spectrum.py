@@ -4,8 +4,8 @@ values of ΔW = W_final - W_initial; the number above 0.1, averaged over layers 
 
 ΔW is taken between weights, never from adapter tensors, so every method is measured the same way:
 FFT, LoRA-like layers merged at the end, and ReLoRA / ReMoRA whose merges accumulate in W.
-`train.py` snapshots the initial weights of the projections (`initial_weights.safetensors`) when the
-run's benchmark asks for the spectrum; `mora.evaluate` compares them with `merged/`.
+Before training, the spectrum benchmark's hook (`mora.evaluate.before_training`) snapshots the initial
+weights of the projections (`initial_weights.safetensors`); `mora.evaluate` compares them with `merged/`.
 """
 
 from __future__ import annotations
@@ -68,6 +68,16 @@ def save_snapshot(model: nn.Module, path: str | Path) -> Path:
     save_file(state, str(tmp))
     tmp.replace(path)
     return path
+
+
+def snapshot_initial_weights(model: nn.Module, run_path: Path) -> None:
+    """The run's snapshot, unless it has one (a resumed run keeps the weights it started from)."""
+    from ..runs import share_files
+
+    path = Path(run_path) / SNAPSHOT_NAME
+    if not path.is_file():
+        save_snapshot(model, path)
+        share_files(path)
 
 
 def load_snapshot(path: str | Path) -> dict[str, torch.Tensor]:

@@ -9,7 +9,8 @@ from typing import ClassVar
 
 import torch
 
-from ..data.uuid import VALUE_CHARS, UUIDTask
+from ..data.uuid import VALUE_CHARS
+from ..interfaces import KeyValueTask
 
 
 def _left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,7 +39,7 @@ class CharAccuracy:
     seed: int = 0
 
     @torch.no_grad()
-    def __call__(self, model, tokenizer, task: UUIDTask) -> dict[str, float]:
+    def __call__(self, model, tokenizer, task: KeyValueTask) -> dict[str, float]:
         pairs = task.pairs
         if self.sample is not None and self.sample < len(pairs):
             pairs = random.Random(self.seed).sample(pairs, self.sample)

@@ -15,6 +15,8 @@ Both are plain torch; tests run each against the adapter layers' reference path.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 _force_functional = False
@@ -32,22 +34,15 @@ def functional() -> bool:
     return _force_functional or compiling()
 
 
-class force_functional:
-    """Context manager: run the functional formulation eagerly (tests and agreement checks)."""
-
-    def __init__(self, enabled: bool = True):
-        self.enabled = enabled
-
-    def __enter__(self):
-        global _force_functional
-        self._old = _force_functional
-        _force_functional = self.enabled
-        return self
-
-    def __exit__(self, *exc):
-        global _force_functional
-        _force_functional = self._old
-        return False
+@contextlib.contextmanager
+def force_functional(enabled: bool = True):
+    """Run the functional formulation eagerly inside the block (tests and agreement checks)."""
+    global _force_functional
+    old, _force_functional = _force_functional, enabled
+    try:
+        yield
+    finally:
+        _force_functional = old
 
 
 def finish(delta: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

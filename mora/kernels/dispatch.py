@@ -6,8 +6,9 @@ The fused path is taken only where it computes the reference's function:
 * mode: `MORA_FAST_PATH` / `set_fast_path`: "auto" (default: inputs on CUDA), "always" (any device;
   tests use it to run the fused Functions on the CPU), "off"; a layer with `fast_path = False` never
   takes it;
-* the layer is exactly LoRALayer (lora, loraplus, asylora, relora), DoRALayer or MoRALayer (a subclass
-  may change the maths, so it keeps the reference path);
+* the layer's own class defines `fused_forward(x, dtype)` (LoRALayer, DoRALayer, MoRALayer call the
+  Functions in lora.py and mora.py); a subclass that does not define its own keeps the reference path,
+  since it may change the maths;
 * no active dropout, the base frozen (weight and bias);
 * the compute dtype is autocast's where autocast is on (x, W0 and the fp32 adapter weights are cast to
   it, as autocast would cast them for the reference's matmuls; gradients reach the fp32 weights
@@ -28,8 +29,6 @@ from collections import Counter
 import torch
 
 from .common import compiling
-from .lora import dora_forward, lora_forward
-from .mora import mora_forward
 
 MODES = ("auto", "always", "off")
 
@@ -57,34 +56,19 @@ def fast_path_mode() -> str:
     return _mode
 
 
-class fast_path:
-    """Context manager: `with fast_path("always"): ...`."""
-
-    def __init__(self, mode: str):
-        self.mode = mode
-
-    def __enter__(self):
-        self._old = set_fast_path(self.mode)
-        return self
-
-    def __exit__(self, *exc):
-        set_fast_path(self._old)
-        return False
-
-
-# By class name (exact classes only; resolved without importing mora.adapters, which imports us).
-_HANDLERS = {
-    "LoRALayer": ("lora", lora_forward),
-    "DoRALayer": ("dora", dora_forward),
-    "MoRALayer": ("mora", mora_forward),
-}
+@contextlib.contextmanager
+def fast_path(mode: str):
+    """`with fast_path("always"): ...`: the mode inside the block, the previous one restored after."""
+    old = set_fast_path(mode)
+    try:
+        yield
+    finally:
+        set_fast_path(old)
 
 
 def _handler(layer):
-    cls = type(layer)
-    if not cls.__module__.startswith("mora.adapters."):
-        return None
-    return _HANDLERS.get(cls.__name__)
+    """The fused path the layer's own class declares (not one inherited: see the module docstring)."""
+    return vars(type(layer)).get("fused_forward")
 
 
 def _autocast_dtype(device_type: str) -> torch.dtype | None:
@@ -137,7 +121,7 @@ def fast_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
     dtype = compute_dtype(layer, x)
     out = None
     if dtype is not None:
-        _, handler = _handler(layer)
+        handler = _handler(layer)
         # The Functions run on operands already in `dtype`; autocast off keeps their wide reductions wide.
         off = torch.autocast(x.device.type, enabled=False) if torch.is_autocast_enabled(x.device.type) else None
         with off or contextlib.nullcontext():

@@ -91,43 +91,46 @@ def _lora_fused_backward(gy, x2, weight, A, B, u, scaling, need_x, need_A, need_
     return gx, gA, gB
 
 
-def lora_forward(layer, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def lora_forward(x: torch.Tensor, base, A: torch.Tensor, B: torch.Tensor, scaling: float,
+                 dtype: torch.dtype) -> torch.Tensor:
     """x already in `dtype`; A and B are cast to it (their gradients flow back to the fp32 weights)."""
-    weight, bias = frozen(layer.base, dtype)
-    x2 = x.reshape(-1, layer.in_features)
-    A, B = layer.lora_A.to(dtype), layer.lora_B.to(dtype)
+    weight, bias = frozen(base, dtype)
+    x2 = x.reshape(-1, weight.shape[1])
+    A, B = A.to(dtype), B.to(dtype)
     flags = (x.requires_grad, A.requires_grad, B.requires_grad)
     if fused_gemm.usable(x2, weight):
-        y = LoRAFusedFunction.apply(x2, weight, bias, A, B, float(layer.scaling), flags)
-        return y.view(*x.shape[:-1], layer.out_features)
-    y = LoRAFunction.apply(x2, weight, bias, A, B, float(layer.scaling), flags)
+        y = LoRAFusedFunction.apply(x2, weight, bias, A, B, float(scaling), flags)
+        return y.view(*x.shape[:-1], weight.shape[0])
+    y = LoRAFunction.apply(x2, weight, bias, A, B, float(scaling), flags)
     return with_base(y, x, weight, bias)
 
 
 # -- DoRA ------------------------------------------------------------------------------------------
 
 
-def _weight_sq_norms(layer) -> torch.Tensor:
-    """||W0||^2 per output row (fp32 or wider); cached (eager only) until W0 is modified or replaced."""
-    weight = layer.base.weight
-    if functional():
-        return torch.linalg.vector_norm(weight, dim=1, dtype=acc_dtype(weight)).square()
-    key = (weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape), weight.device)
-    cached = layer.__dict__.get("_fast_w_sq")
-    if cached is None or cached[0] != key:
-        with torch.no_grad():
-            value = torch.linalg.vector_norm(weight, dim=1, dtype=acc_dtype(weight)).square()
-        layer.__dict__["_fast_w_sq"] = cached = (key, value)
-    return cached[1]
+class WeightNorms:
+    """||W0||^2 per output row (fp32 or wider), kept by a DoRA layer until W0 is modified or replaced;
+    computed afresh while torch.compile traces (the functional formulation)."""
+
+    def __init__(self):
+        self.key, self.value = None, None
+
+    def __call__(self, weight: torch.Tensor) -> torch.Tensor:
+        if functional():
+            return torch.linalg.vector_norm(weight, dim=1, dtype=acc_dtype(weight)).square()
+        key = (weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape), weight.device)
+        if key != self.key:
+            with torch.no_grad():
+                self.value = torch.linalg.vector_norm(weight, dim=1, dtype=acc_dtype(weight)).square()
+            self.key = key
+        return self.value
 
 
 @torch.no_grad()
-def dora_row_norm(layer) -> torch.Tensor:
-    """||W0 + s B A|| per output row (fp32, detached) without forming the dense (d, k) sum:
-    ||w0||^2 + 2 s <W0 A^T, B>_row + s^2 <B (A A^T), B>_row. W0 A^T runs in W0's dtype (A rounded to it:
-    a second pass over W0 in fp32 would cost more than the whole adapter); the rest in fp32."""
-    weight, A, B, s = layer.base.weight, layer.lora_A, layer.lora_B, float(layer.scaling)
-    w_sq = _weight_sq_norms(layer)
+def dora_row_norm(weight: torch.Tensor, A: torch.Tensor, B: torch.Tensor, s: float, w_sq: torch.Tensor) -> torch.Tensor:
+    """||W0 + s B A|| per output row (fp32, detached) without forming the dense (d, k) sum, from
+    w_sq = ||W0||^2: w_sq + 2 s <W0 A^T, B>_row + s^2 <B (A A^T), B>_row. W0 A^T runs in W0's dtype (A
+    rounded to it: a second pass over W0 in fp32 would cost more than the whole adapter); the rest in fp32."""
     acc = acc_dtype(weight)
     wa = (weight @ A.to(weight.dtype).t()).to(acc)
     bs = B.to(acc) * s
@@ -199,17 +202,18 @@ class DoRAFusedFunction(torch.autograd.Function):
         return gx, None, None, gA, gB, gm, None, None, None
 
 
-def dora_forward(layer, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def dora_forward(x: torch.Tensor, base, A: torch.Tensor, B: torch.Tensor, m: torch.Tensor, scaling: float,
+                 norms: WeightNorms, dtype: torch.dtype) -> torch.Tensor:
     """x already in `dtype`; A and B are cast to it, the magnitude m and the row norm stay fp32."""
-    weight, bias = frozen(layer.base, dtype)
-    x2 = x.reshape(-1, layer.in_features)
-    A, B, m = layer.lora_A.to(dtype), layer.lora_B.to(dtype), layer.dora_magnitude
-    norm = dora_row_norm(layer)
-    scaling = float(layer.scaling)
+    weight, bias = frozen(base, dtype)
+    x2 = x.reshape(-1, weight.shape[1])
+    norm = dora_row_norm(base.weight, A, B, float(scaling), norms(base.weight))
+    A, B = A.to(dtype), B.to(dtype)
+    scaling = float(scaling)
     if fused_gemm.usable(x2, weight):
         flags = (x.requires_grad, A.requires_grad, B.requires_grad, m.requires_grad)
         y = DoRAFusedFunction.apply(x2, weight, bias, A, B, m, norm, scaling, flags)
-        return y.view(*x.shape[:-1], layer.out_features)
+        return y.view(*x.shape[:-1], weight.shape[0])
     if functional():
         flags = (x.requires_grad, A.requires_grad, B.requires_grad)
         delta = LoRAFunction.apply(x2, weight, None, A, B, scaling, flags)
@@ -218,4 +222,4 @@ def dora_forward(layer, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return y if bias is None else y + bias
     flags = (x.requires_grad, A.requires_grad, B.requires_grad, m.requires_grad)
     y = DoRAFunction.apply(x2, weight, bias, A, B, m, norm, scaling, flags)
-    return y.view(*x.shape[:-1], layer.out_features)
+    return y.view(*x.shape[:-1], weight.shape[0])

@@ -15,10 +15,15 @@ What the reference path (`MoRALayer.delta` under autograd) spends, and what thes
 * truncation: a GEMM on the first r̂ columns accumulated in place into the frozen output.
 
 Every function has the eager (buffer-reusing) and the functional (torch.compile) formulation, see
-common.py; tests compare both with `MoRALayer`'s reference path in float64.
+common.py; tests compare both with `MoRALayer`'s reference path in float64. The layer's schemes
+(mora.adapters.mora) call the entry points at the bottom with their geometry: `SharingGeometry`,
+`BlockPlan`.
 """
 
 from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +31,7 @@ import torch.nn.functional as F
 from . import fused_gemm
 from .common import acc_dtype, finish, finish_grad, frozen, functional, pad_cols, pad_square, pad_to, with_base
 from .fused_gemm import fused_mm
+from .mora_tables import SHARING_GROUPINGS, RopeTables
 
 # -- column maps shared by sharing and the block kinds --------------------------------------------
 
@@ -103,6 +109,24 @@ def group_repeat(w: torch.Tensor, n: int) -> torch.Tensor:
 # -- sharing (Eq. 6 and the contiguous groupings) -------------------------------------------------
 
 
+@dataclass(frozen=True)
+class SharingGeometry:
+    """A sharing layer as its kernels see it: r̂, the wrap-padded inputs of a modulo compression (0 for a
+    contiguous one), the two groupings (mora_tables.SHARING_GROUPINGS) and r̂ rounded up to a multiple
+    of 8 (`width`: r̂ = 348 or 1966 is not one, which cuBLAS runs on slow paths)."""
+
+    r_hat: int
+    pad: int
+    compress: str
+    decompress: str
+    width: int
+
+    @classmethod
+    def of(cls, sharing_type: int, r_hat: int, pad: int) -> SharingGeometry:
+        compress, decompress = SHARING_GROUPINGS[sharing_type]
+        return cls(r_hat, pad if compress == "modulo" else 0, compress, decompress, pad_to(r_hat))
+
+
 def _compress(x2, r_hat, pad, cmode):
     if cmode == "contiguous":
         return group_sum(x2, r_hat)
@@ -141,11 +165,10 @@ def _decompress_t(gy, r_hat, dmode):
 class SharingFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x2, weight, bias, M, geo, flags):
-        r_hat, pad, cmode, dmode, width = geo
         need_x, need_M = flags
-        z = pad_cols(_compress(x2, r_hat, pad, cmode).to(x2.dtype), width)
-        w = (z @ pad_square(M, width).t())[:, :r_hat]
-        y = finish(_decompress(w, weight.shape[0], dmode), x2, weight, bias)
+        z = pad_cols(_compress(x2, geo.r_hat, geo.pad, geo.compress).to(x2.dtype), geo.width)
+        w = (z @ pad_square(M, geo.width).t())[:, : geo.r_hat]
+        y = finish(_decompress(w, weight.shape[0], geo.decompress), x2, weight, bias)
         ctx.geo, ctx.flags, ctx.functional = geo, flags, functional()
         ctx.save_for_backward(z if need_M else None, weight, M)
         return y
@@ -153,19 +176,19 @@ class SharingFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         z, weight, M = ctx.saved_tensors
-        _, pad, cmode, _, _ = ctx.geo
-        gM, gz = _sharing_adapter_grads(gy, z, M, ctx.geo, *ctx.flags)
+        geo = ctx.geo
+        gM, gz = _sharing_adapter_grads(gy, z, M, geo, *ctx.flags)
         gx = None
         if gz is not None:
-            gx = finish_grad(_compress_t(gz, weight.shape[1], pad, cmode), gy, weight, ctx.functional)
+            gx = finish_grad(_compress_t(gz, weight.shape[1], geo.pad, geo.compress), gy, weight, ctx.functional)
         return gx, None, None, gM, None, None
 
 
 def _sharing_adapter_grads(gy, z, M, geo, need_x, need_M):
     """dL/dM, and dL/dz (the gradient at the compressed input, before f_comp's adjoint): shared by the
     cuBLAS and the Triton formulations, which differ only in how dL/dx is assembled from dL/dz."""
-    r_hat, pad, cmode, dmode, width = geo
-    gw = pad_cols(_decompress_t(gy, r_hat, dmode).to(gy.dtype), width)
+    r_hat, width = geo.r_hat, geo.width
+    gw = pad_cols(_decompress_t(gy, r_hat, geo.decompress).to(gy.dtype), width)
     gM = (gw.t() @ z)[:r_hat, :r_hat].contiguous() if need_M else None
     gz = (gw @ pad_square(M, width))[:, :r_hat] if need_x else None
     return gM, gz
@@ -178,16 +201,16 @@ def group_index(c: torch.Tensor, n: int, groups: int) -> torch.Tensor:
     return torch.where(c < cut, c // (q + 1), m + (c - cut) // max(q, 1))
 
 
-def sharing_indices(geo, d: int, k: int, device) -> tuple:
+def sharing_indices(geo: SharingGeometry, d: int, k: int, device) -> tuple:
     """int32 column maps for the fused GEMM's gather epilogue: i_dec (d,) with y[:, n] += w[:, i_dec[n]]
     (decompression), and i1, i2 (k,) with dL/dx[:, c] += gz[:, i1[c]] (+ gz[:, i2[c]] where i2[c] >= 0),
     the adjoint of the compression (i2: the wrap-padded first `pad` columns of the modulo grouping)."""
-    r_hat, pad, cmode, dmode, width = geo
+    r_hat, pad = geo.r_hat, geo.pad
     n = torch.arange(d, device=device)
-    i_dec = group_index(n, d, r_hat) if dmode == "contiguous" else n % r_hat
+    i_dec = group_index(n, d, r_hat) if geo.decompress == "contiguous" else n % r_hat
     c = torch.arange(k, device=device)
     i2 = None
-    if cmode == "contiguous":
+    if geo.compress == "contiguous":
         i1 = group_index(c, k, r_hat)
     else:
         i1 = c % r_hat
@@ -196,15 +219,8 @@ def sharing_indices(geo, d: int, k: int, device) -> tuple:
     return i_dec.to(torch.int32), i1.to(torch.int32), i2
 
 
-def _sharing_indices_cached(layer, geo, device):
-    if functional():
-        return sharing_indices(geo, layer.out_features, layer.in_features, device)
-    key = (geo, layer.out_features, layer.in_features, device)
-    cached = layer.__dict__.get("_fast_sharing_idx")
-    if cached is None or cached[0] != key:
-        cached = (key, sharing_indices(geo, layer.out_features, layer.in_features, device))
-        layer.__dict__["_fast_sharing_idx"] = cached
-    return cached[1]
+# Eager calls reuse the maps of a geometry (every layer of a type shares them); traced ones rebuild them.
+_cached_sharing_indices = functools.lru_cache(maxsize=64)(sharing_indices)
 
 
 class SharingFusedFunction(torch.autograd.Function):
@@ -214,13 +230,11 @@ class SharingFusedFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x2, weight, bias, M, geo, flags, i_dec, i1, i2):
-        r_hat, pad, cmode, dmode, width = geo
-        need_x, need_M = flags
-        z = pad_cols(_compress(x2, r_hat, pad, cmode).to(x2.dtype), width)
-        w = (z @ pad_square(M, width).t())[:, :r_hat]
+        z = pad_cols(_compress(x2, geo.r_hat, geo.pad, geo.compress).to(x2.dtype), geo.width)
+        w = (z @ pad_square(M, geo.width).t())[:, : geo.r_hat]
         y = fused_mm(x2, weight, False, g=w, i1=i_dec, bias=bias)
         ctx.geo, ctx.flags = geo, flags
-        ctx.save_for_backward(z if need_M else None, weight, M, i1, i2)
+        ctx.save_for_backward(z if flags[1] else None, weight, M, i1, i2)
         return y
 
     @staticmethod
@@ -234,42 +248,46 @@ class SharingFusedFunction(torch.autograd.Function):
 # -- rotation / decouple (Eqs. 8 and 9) -------------------------------------------------------------
 
 
-def block_plan(layer):
-    """Static geometry of the block kinds, or None where the fast path does not apply ('fold')."""
-    r, k, d = layer.r_hat, layer.in_features, layer.out_features
-    nb, pad = layer.n_blocks, layer.pad
-    nbf, rem = divmod(k, r)
-    flat = nb * r
-    if flat >= d:
-        if flat > d and layer.config.overflow != "truncate":
+@dataclass(frozen=True)
+class BlockPlan:
+    """Static geometry of a rotation / decouple layer (d x k, blocks of r = r̂ inputs): `whole` blocks lie
+    inside x, the last `rem` inputs and `pad` wrapped copies of the first make the last block; the
+    first `width` flat outputs are kept (d, or all of them when fewer, then tiled up to d: `tile`),
+    which the first `used` blocks produce, the first `n_batch` of them read in place by one batched
+    GEMM; `rp` is r rounded up to a multiple of 8 where r is not one (see PaddedBlockFunction)."""
+
+    r: int
+    k: int
+    d: int
+    whole: int
+    rem: int
+    pad: int
+    used: int
+    width: int
+    n_batch: int
+    tile: bool
+    rp: int
+
+    @classmethod
+    def of(cls, r_hat: int, in_features: int, out_features: int, pad: int, overflow: str) -> BlockPlan | None:
+        """The plan, or None where the fused path does not apply (more flat outputs than d, folded)."""
+        r, k, d = r_hat, in_features, out_features
+        whole, rem = divmod(k, r)
+        flat = (k + pad) // r * r
+        if flat > d and overflow != "truncate":
             return None
-        tile, width = False, d
-    else:
-        tile, width = True, flat
-    used = -(-width // r)  # blocks whose outputs land in the first `width` flat positions
-    n_batch = min(nbf, width // r)  # leading blocks read in place from x with all r outputs kept
-    rotate = layer.config.kind == "rotation"
-    # cuBLAS runs batched GEMMs whose block offsets are not 16-byte aligned (r̂ = 348, 1966) on slow
-    # sm80 kernels; such r̂ go through a zero-padded blocked copy (r̂ rounded up to a multiple of 8).
-    rp = pad_to(r) if r % 8 else r
-    return (r, k, d, nbf, rem, pad, used, width, n_batch, tile, rotate, rp)
+        tile, width = (False, d) if flat >= d else (True, flat)
+        used = -(-width // r)  # blocks whose outputs land in the first `width` flat positions
+        n_batch = min(whole, width // r)  # leading blocks read in place from x with all r outputs kept
+        # cuBLAS runs batched GEMMs whose block offsets are not 16-byte aligned (r̂ = 348, 1966) on slow
+        # sm80 kernels; such r̂ go through a zero-padded blocked copy (r̂ rounded up to a multiple of 8).
+        rp = pad_to(r) if r % 8 else r
+        return cls(r, k, d, whole, rem, pad, used, width, n_batch, tile, rp)
 
-
-def rope_tables(layer, used, device, dtype):
-    """cos/sin (blocks, r̂) in `dtype`, the reference's formula (cached by the layer when eager)."""
-    if not functional():
-        cos, sin = layer._rope(device, dtype)
-        return cos[:used], sin[:used]
-    from mora.adapters.mora import ROPE_BASE
-
-    # Traced, the tables are recomputed inside the fused kernel that builds W_b, once per element of
-    # W_b: in `dtype` (fp32 for bf16 models), not float64, whose trig cost ~1 ms per step there.
-    r = layer.r_hat
-    half = r // 2
-    inv_freq = ROPE_BASE ** (-torch.arange(half, dtype=dtype, device=device) * 2 / r)
-    angles = torch.outer(torch.arange(used, dtype=dtype, device=device), inv_freq)
-    angles = torch.cat([angles, angles], dim=-1)
-    return angles.cos(), angles.sin()
+    def extra_blocks(self):
+        """(block, outputs kept, wrapped?) of the used blocks past the batched ones."""
+        for b in range(self.n_batch, self.used):
+            yield b, min(self.r, self.width - b * self.r), b >= self.whole
 
 
 def block_weights(M: torch.Tensor, used: int, tables) -> torch.Tensor:
@@ -284,12 +302,6 @@ def block_weights(M: torch.Tensor, used: int, tables) -> torch.Tensor:
     return (m32 * cos.to(m32.dtype).unsqueeze(1) + rotated).to(M.dtype)
 
 
-def _extra_blocks(plan):
-    r, k, d, nbf, rem, pad, used, width, n_batch, tile, rotate, rp = plan
-    for b in range(n_batch, used):
-        yield b, min(r, width - b * r), b >= nbf
-
-
 def _blocks_view(t: torch.Tensor, n: int, r: int) -> torch.Tensor:
     """(n, M, r) view of the first n blocks of r columns of a 2-D tensor (no copy)."""
     return t[:, : n * r].view(t.shape[0], n, r).transpose(0, 1)
@@ -300,14 +312,14 @@ class BlockFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x2, weight, bias, Wb, plan, flags):
-        r, k, d, nbf, rem, pad, used, width, n_batch, tile, rotate, rp = plan
+        r, d, nbf, rem, pad, n_batch = plan.r, plan.d, plan.whole, plan.rem, plan.pad, plan.n_batch
         rows = x2.shape[0]
         if functional():
             parts = []
             if n_batch:
                 out = torch.bmm(_blocks_view(x2, n_batch, r), Wb[:n_batch].transpose(1, 2))
                 parts.append(out.transpose(0, 1).reshape(rows, n_batch * r))
-            for b, nrow, wrapped in _extra_blocks(plan):
+            for b, nrow, wrapped in plan.extra_blocks():
                 w = Wb[b, :nrow]
                 if wrapped:
                     part = x2[:, nbf * r :] @ w[:, :rem].t()
@@ -317,14 +329,14 @@ class BlockFunction(torch.autograd.Function):
                     part = x2[:, b * r : (b + 1) * r] @ w.t()
                 parts.append(part)
             flat = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-            delta = tile_cols(flat, d) if tile else flat
+            delta = tile_cols(flat, d) if plan.tile else flat
         else:
             delta = x2.new_empty(rows, d)
             if n_batch:
                 torch.bmm(
                     _blocks_view(x2, n_batch, r), Wb[:n_batch].transpose(1, 2), out=_blocks_view(delta, n_batch, r)
                 )
-            for b, nrow, wrapped in _extra_blocks(plan):
+            for b, nrow, wrapped in plan.extra_blocks():
                 w = Wb[b, :nrow]
                 dst = delta[:, b * r : b * r + nrow]
                 if wrapped:
@@ -333,7 +345,7 @@ class BlockFunction(torch.autograd.Function):
                         dst.addmm_(x2[:, :pad], w[:, rem:].t())
                 else:
                     torch.mm(x2[:, b * r : (b + 1) * r], w.t(), out=dst)
-            pos = width
+            pos = width = plan.width
             while pos < d:  # tiling: the flat result repeats until d outputs
                 n = min(width, d - pos)
                 delta[:, pos : pos + n].copy_(delta[:, :n])
@@ -348,10 +360,10 @@ class BlockFunction(torch.autograd.Function):
     def backward(ctx, gy):
         x2, weight, Wb = ctx.saved_tensors
         plan, (need_x, need_W) = ctx.plan, ctx.flags
-        r, k, d, nbf, rem, pad, used, width, n_batch, tile, rotate, rp = plan
+        r, k, nbf, rem, pad, n_batch = plan.r, plan.k, plan.whole, plan.rem, plan.pad, plan.n_batch
         gy = gy.contiguous()
         rows = gy.shape[0]
-        gflat = mod_sum(gy, width).to(gy.dtype) if tile else gy
+        gflat = mod_sum(gy, plan.width).to(gy.dtype) if plan.tile else gy
         gW = gx = None
         if need_W:
             gW = _block_products(gflat, x2, plan).to(Wb.dtype)
@@ -362,7 +374,7 @@ class BlockFunction(torch.autograd.Function):
                     out = torch.bmm(_blocks_view(gflat, n_batch, r), Wb[:n_batch])
                     parts.append(out.transpose(0, 1).reshape(rows, n_batch * r))
                 head = None
-                for b, nrow, wrapped in _extra_blocks(plan):
+                for b, nrow, wrapped in plan.extra_blocks():
                     g, w = gflat[:, b * r : b * r + nrow], Wb[b, :nrow]
                     if wrapped:
                         parts.append(g @ w[:, :rem])
@@ -380,7 +392,7 @@ class BlockFunction(torch.autograd.Function):
                 covered = n_batch * r
                 if n_batch:
                     torch.bmm(_blocks_view(gflat, n_batch, r), Wb[:n_batch], out=_blocks_view(gxd, n_batch, r))
-                for b, nrow, wrapped in _extra_blocks(plan):
+                for b, nrow, wrapped in plan.extra_blocks():
                     g, w = gflat[:, b * r : b * r + nrow], Wb[b, :nrow]
                     if wrapped:
                         torch.mm(g, w[:, :rem], out=gxd[:, nbf * r :])
@@ -399,12 +411,12 @@ class BlockFunction(torch.autograd.Function):
 def _block_products(gflat, x2, plan):
     """dL/dW_b = G_b = gflat_b^T x_b per used block, fp32 (used, r̂, r̂); rows past the truncation are 0.
     Autograd takes it back through `block_weights` to dL/dM = sum_b G_b R_b^T (tiny tensors)."""
-    r, k, d, nbf, rem, pad, used, width, n_batch, tile, rotate, rp = plan
+    r, nbf, pad, n_batch = plan.r, plan.whole, plan.pad, plan.n_batch
     blocks = []
     if n_batch:
         gv = gflat[:, : n_batch * r].view(-1, n_batch, r).permute(1, 2, 0)
         blocks.append(torch.bmm(gv, _blocks_view(x2, n_batch, r)).to(acc_dtype(x2)))
-    for b, nrow, wrapped in _extra_blocks(plan):
+    for b, nrow, wrapped in plan.extra_blocks():
         g = gflat[:, b * r : b * r + nrow].t()
         if wrapped:
             gb = g @ x2[:, nbf * r :]
@@ -434,7 +446,7 @@ class PaddedBlockFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x2, weight, bias, Wb, plan, flags):
-        r, k, d, nbf, rem, pad, used, width, n_batch, tile, rotate, rp = plan
+        r, k, pad, used, width, rp = plan.r, plan.k, plan.pad, plan.used, plan.width, plan.rp
         rows = x2.shape[0]
         wrapped = used * r > k  # the wrap-padded last block is among the used ones
         src = torch.cat([x2, x2[:, :pad]], dim=1) if wrapped else x2
@@ -442,8 +454,8 @@ class PaddedBlockFunction(torch.autograd.Function):
         wp = F.pad(Wb, (0, rp - r, 0, rp - r))
         out = torch.bmm(xb.transpose(0, 1), wp.transpose(1, 2))  # (used, M, rp)
         flat = out[..., :r].transpose(0, 1).reshape(rows, used * r)[:, :width]
-        if tile:
-            delta = tile_cols(flat, d)
+        if plan.tile:
+            delta = tile_cols(flat, plan.d)
         else:
             delta = flat if functional() else flat.contiguous()
         y = finish(delta, x2, weight, bias)
@@ -456,9 +468,9 @@ class PaddedBlockFunction(torch.autograd.Function):
     def backward(ctx, gy):
         xb, weight, wp = ctx.saved_tensors
         plan, (need_x, need_W) = ctx.plan, ctx.flags
-        r, k, d, nbf, rem, pad, used, width, n_batch, tile, rotate, rp = plan
+        r, k, pad, used, width, rp = plan.r, plan.k, plan.pad, plan.used, plan.width, plan.rp
         rows = gy.shape[0]
-        gflat = mod_sum(gy, width).to(gy.dtype) if tile else gy
+        gflat = mod_sum(gy, width).to(gy.dtype) if plan.tile else gy
         gb = _blocked(gflat, width, used, r, rp)  # (M, used, rp)
         gW = gx = None
         if need_W:
@@ -513,40 +525,35 @@ class TruncationFunction(torch.autograd.Function):
         return gx, None, None, gM, None
 
 
-# -- entry point -------------------------------------------------------------------------------------
+# -- entry points: x already in `dtype`; M (or the per-block W_b, built from the fp32 M) is cast to it ----
 
 
-def mora_forward(layer, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
-    """x already in `dtype`; M (or the per-block W_b, built from the fp32 M) is cast to it."""
-    from mora.adapters.mora import SHARING_GROUPINGS
+def sharing_forward(x: torch.Tensor, base, M: torch.Tensor, geo: SharingGeometry, dtype: torch.dtype) -> torch.Tensor:
+    weight, bias = frozen(base, dtype)
+    x2 = x.reshape(-1, weight.shape[1])
+    M = M.to(dtype)
+    flags = (x.requires_grad, M.requires_grad)
+    if fused_gemm.gather_on() and fused_gemm.usable(x2, weight):  # opt-in, see fused_gemm.py
+        d, k = weight.shape
+        i_dec, i1, i2 = sharing_indices(geo, d, k, x.device) if functional() else _cached_sharing_indices(geo, d, k, x.device)
+        y = SharingFusedFunction.apply(x2, weight, bias, M, geo, flags, i_dec, i1, i2)
+        return y.view(*x.shape[:-1], d)
+    return with_base(SharingFunction.apply(x2, weight, bias, M, geo, flags), x, weight, bias)
 
-    kind = layer.config.kind
-    M = layer.mora_M
-    weight, bias = frozen(layer.base, dtype)
-    x2 = x.reshape(-1, layer.in_features)
-    if kind == "sharing":
-        M = M.to(dtype)
-        cmode, dmode = SHARING_GROUPINGS[layer.sharing_type]
-        geo = (layer.r_hat, layer.pad if cmode == "modulo" else 0, cmode, dmode, pad_to(layer.r_hat))
-        if fused_gemm.gather_on() and fused_gemm.usable(x2, weight):  # opt-in, see fused_gemm.py
-            i_dec, i1, i2 = _sharing_indices_cached(layer, geo, x.device)
-            y = SharingFusedFunction.apply(
-                x2, weight, bias, M, geo, (x.requires_grad, M.requires_grad), i_dec, i1, i2
-            )
-            return y.view(*x.shape[:-1], layer.out_features)
-        y = SharingFunction.apply(x2, weight, bias, M, geo, (x.requires_grad, M.requires_grad))
-    elif kind in ("rotation", "decouple"):
-        plan = block_plan(layer)
-        if plan is None:
-            return None
-        used, rotate, rp = plan[6], plan[10], plan[11]
-        tables = rope_tables(layer, used, M.device, acc_dtype(M)) if rotate else None
-        Wb = block_weights(M, used, tables).to(dtype)
-        fn = PaddedBlockFunction if rp != layer.r_hat else BlockFunction
-        y = fn.apply(x2, weight, bias, Wb, plan, (x.requires_grad, Wb.requires_grad))
-    elif kind == "truncation":
-        M = M.to(dtype)
-        y = TruncationFunction.apply(x2, weight, bias, M, (x.requires_grad, M.requires_grad))
-    else:
-        return None
+
+def block_forward(x: torch.Tensor, base, M: torch.Tensor, plan: BlockPlan, rope: RopeTables | None,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """`rope`: the layer's rotation tables (rotation), None (decouple)."""
+    weight, bias = frozen(base, dtype)
+    x2 = x.reshape(-1, plan.k)
+    tables = None if rope is None else rope.first(plan.used, M.device, acc_dtype(M))
+    Wb = block_weights(M, plan.used, tables).to(dtype)
+    fn = PaddedBlockFunction if plan.rp != plan.r else BlockFunction
+    return with_base(fn.apply(x2, weight, bias, Wb, plan, (x.requires_grad, Wb.requires_grad)), x, weight, bias)
+
+
+def truncation_forward(x: torch.Tensor, base, M: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    weight, bias = frozen(base, dtype)
+    M = M.to(dtype)
+    y = TruncationFunction.apply(x.reshape(-1, weight.shape[1]), weight, bias, M, (x.requires_grad, M.requires_grad))
     return with_base(y, x, weight, bias)

@@ -48,8 +48,9 @@ def jagged_factor(step: int, restart_every: int, rewarm: int, **base) -> float:
     return factor
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg, restart_every: int, rewarm: int) -> LambdaLR:
-    """LambdaLR scales each group's own initial lr, so LoRA+ ratios survive schedule and re-warm."""
+def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg, restart_every: int, rewarm: int, total: int) -> LambdaLR:
+    """LambdaLR over `total` steps; it scales each group's own initial lr, so LoRA+ ratios survive
+    schedule and re-warm."""
     if train_cfg.schedule not in SCHEDULES:
         raise ValueError(f"train.schedule must be one of {SCHEDULES}, got {train_cfg.schedule!r}")
     factor = partial(
@@ -58,7 +59,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg, restart_every: 
         rewarm=rewarm,
         schedule=train_cfg.schedule,
         warmup=train_cfg.warmup_steps,
-        total=train_cfg.max_steps,
+        total=total,
         min_ratio=train_cfg.min_lr_ratio,
     )
     return LambdaLR(optimizer, factor)

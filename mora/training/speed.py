@@ -61,6 +61,17 @@ def compile_blocks(model: nn.Module, backend: str = "inductor") -> int:
     return len(blocks)
 
 
+def eager_model(model: nn.Module) -> nn.Module:
+    """The model as it computes outside training, as if loaded afresh: compiled blocks back to eager, and
+    its class's own `forward` again where accelerate put a bf16-autocast one on the instance (keeping
+    the class's as `_original_forward`). The Trainer leaves both in place after training."""
+    for module in model.modules():
+        module._compiled_call_impl = None  # what nn.Module.compile set
+    if "_original_forward" in vars(model):
+        del model._original_forward, model.forward
+    return model
+
+
 @contextlib.contextmanager
 def without_kv_cache(model: nn.Module):
     """`config.use_cache` off while training, restored after (the saved model generates with its cache).
