@@ -4,12 +4,16 @@ and bad specs that fail saying what to fix."""
 
 import json
 import textwrap
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 from mora import report
+from mora.artifacts import load_spec
+from mora.render.figures import mean_curve
+from mora.render.text import CSV_FIELDS, table_records
 from mora.runs import run_id
 from runner import ROOT, compose, current_record
 
@@ -130,9 +134,9 @@ def test_the_wandb_offline_run_holds_the_table(tmp_path, ids, monkeypatch):
     result = report.render(_spec(tmp_path), store, tmp_path / "out", wandb_log=True)
     run_dir = result["wandb_dir"]
     assert run_dir.name.startswith("offline-run-") and run_dir.parent.parent == tmp_path / "out"
-    (table,) = run_dir.glob("files/media/table/synthetic/paper_*.table.json")
+    (table,) = run_dir.glob("files/media/table/synthetic/paper_cells_*.table.json")  # the long form
     logged = json.loads(table.read_text())
-    assert logged["columns"] == report.CSV_FIELDS
+    assert logged["columns"] == CSV_FIELDS
     assert [r[2] for r in logged["data"]] == ["LoRA", "LoRA", "MoRA", "MoRA"]
     assert logged["data"][0][9] == 55.0 and logged["data"][2][13] == "missing"
 
@@ -149,10 +153,10 @@ def test_figures_are_drawn(tmp_path, ids, kind):
 
 
 def test_curves_average_the_seeds():
-    runs = [{"metrics": {"status": "completed", "train_loss": [[1, 4.0], [2, 3.0], [3, 2.0]]}},
-            {"metrics": {"status": "completed", "train_loss": [[1, 2.0], [2, 1.0]]}},
-            {"metrics": {"status": "failed", "train_loss": [[1, 9.0]]}}]
-    assert report.mean_curve(runs) == ([1, 2], [3.0, 2.0])
+    runs = [SimpleNamespace(completed=True, metrics={"train_loss": [[1, 4.0], [2, 3.0], [3, 2.0]]}),
+            SimpleNamespace(completed=True, metrics={"train_loss": [[1, 2.0], [2, 1.0]]}),
+            SimpleNamespace(completed=False, metrics={"train_loss": [[1, 9.0]]})]
+    assert mean_curve(runs) == ([1, 2], [3.0, 2.0])
 
 
 @pytest.mark.parametrize(
@@ -187,7 +191,7 @@ def test_every_artifact_spec_loads():
     names = {p.stem for p in specs}
     assert {"table1", "table2", "table3", "table4", "fig2", "fig3", "fig4", "fig5"} <= names
     for path in specs:
-        spec = report.load_spec(path)
+        spec = load_spec(path)
         assert spec.artifact == path.stem and "paper" in spec.sections, path
         for section in spec.sections.values():
             assert section.rows and section.columns
@@ -231,6 +235,6 @@ def test_the_scoring_mode_of_benchmark_scores_is_in_the_table(tmp_path, ids):
     result = report.render(spec, store, tmp_path / "out", wandb_log=False)
     assert "| LoRA | 4 | 80.0 ± 14.1 |" in result["markdown"]
     assert "Scoring (benchmark.scoring): paper; paper = the paper's answer checks" in result["markdown"]
-    records = report.table_records(result["tables"][0])
+    records = table_records(result["tables"][0])
     assert [r["scoring"] for r in records] == ["paper", ""]  # MoRA has no finished run
     assert (tmp_path / "out" / "scored_paper.csv").read_text().splitlines()[1].endswith(",paper")

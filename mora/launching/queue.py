@@ -1,0 +1,158 @@
+"""The local work queue: N workers, each takes the next unfinished run when it is free, longest expected
+first; the console shows one live progress line for the grid and one line per finished run.
+
+Expected durations (cost.py) are seconds where something measured them, else a proxy in unknown units;
+once runs finish, the proxy is calibrated in seconds from them (median of seconds / proxy) for the ETA.
+On a terminal the progress line is redrawn in place every second; elsewhere (a log, CI) it is printed
+after each finished run. Ctrl-C stops taking runs and asks the running ones to checkpoint and stop (a
+second Ctrl-C: to stop at once); relaunching resumes them.
+"""
+
+from __future__ import annotations
+
+import queue
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, TextIO
+
+
+@dataclass
+class Job:
+    item: Any
+    label: str
+    seconds: float | None  # expected, where known
+    proxy: float  # orders jobs whose seconds are unknown
+
+
+@dataclass
+class Finished:
+    job: Job
+    ok: bool
+    seconds: float
+    text: str  # the headline metric, or why it failed
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def order(jobs: list[Job]) -> list[Job]:
+    """Longest expected first: seconds where known; proxies converted to seconds by the jobs that have
+    both; with no seconds at all, by proxy."""
+    rate = _rate([(j.seconds, j.proxy) for j in jobs if j.seconds is not None])
+    return sorted(jobs, key=lambda j: -(j.seconds if j.seconds is not None else j.proxy * rate if rate else j.proxy))
+
+
+def _rate(pairs: list[tuple[float, float]]) -> float | None:
+    ratios = [s / p for s, p in pairs if p > 0]
+    return statistics.median(ratios) if ratios else None
+
+
+class Progress:
+    """The grid's progress line: done / running / failed / left, elapsed, ETA."""
+
+    def __init__(self, jobs: list[Job], workers: int, stream: TextIO, live: bool, clock: Callable[[], float]):
+        self.jobs, self.workers, self.stream, self.live, self.clock = jobs, workers, stream, live, clock
+        self.start = clock()
+        self.running: dict[int, float] = {}  # id(job) -> when it started
+        self.done: list[Finished] = []
+        self.lock = threading.Lock()
+
+    def expected(self, job: Job, rate: float | None) -> float | None:
+        return job.seconds if job.seconds is not None else job.proxy * rate if rate else None
+
+    def eta(self) -> float | None:
+        """Seconds until the last run ends, spreading the remaining expected work over the workers."""
+        rate = _rate([(f.seconds, f.job.proxy) for f in self.done if f.ok]) or _rate(
+            [(j.seconds, j.proxy) for j in self.jobs if j.seconds is not None])
+        finished = {id(f.job) for f in self.done}
+        now, left = self.clock(), 0.0
+        for job in self.jobs:
+            if id(job) in finished:
+                continue
+            expected = self.expected(job, rate)
+            if expected is None:
+                return None
+            left += max(expected - (now - self.running[id(job)]), 0.0) if id(job) in self.running else expected
+        return left / max(1, min(self.workers, len(self.jobs) - len(finished)))
+
+    def line(self) -> str:
+        failed = sum(not f.ok for f in self.done)
+        left = len(self.jobs) - len(self.done) - len(self.running)
+        eta = self.eta()
+        return (f"grid: {len(self.done) - failed}/{len(self.jobs)} done, {len(self.running)} running, {failed} failed, "
+                f"{left} left · {_hms(self.clock() - self.start)} elapsed · ETA {'?' if eta is None else _hms(eta)}")
+
+    def say(self, text: str = "") -> None:
+        """Print a line above the live line (or the line itself when not live)."""
+        with self.lock:
+            if self.live:
+                self.stream.write("\r\x1b[K" + (text + "\n" if text else "") + self.line())
+            else:
+                self.stream.write(text + "\n" if text else self.line() + "\n")
+            self.stream.flush()
+
+    def finish(self, result: Finished) -> None:
+        with self.lock:
+            self.running.pop(id(result.job), None)
+            self.done.append(result)
+        mark = "done" if result.ok else "FAILED"
+        self.say(f"[{mark} {len(self.done)}/{len(self.jobs)}] {result.job.label}: {result.text} ({_hms(result.seconds)})")
+        if not self.live:
+            self.say()
+
+
+def run_queue(jobs: list[Job], workers: int, work: Callable[[Job], tuple[bool, str]],
+              interrupt: Callable[[int], None] = lambda n: None, stream: TextIO = sys.stdout, live: bool | None = None,
+              clock: Callable[[], float] = time.monotonic, tick: float = 1.0) -> list[Finished]:
+    """Run `work(job) -> (ok, text)` for every job on `workers` threads, longest expected first.
+    Ctrl-C: `interrupt(1)` and no new jobs; again: `interrupt(2)`; the running jobs are waited for."""
+    pending = order(jobs)
+    progress = Progress(pending, workers, stream, stream.isatty() if live is None else live, clock)
+    results: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while not stop.is_set():
+            with lock:
+                if not pending:
+                    return
+                job = pending.pop(0)
+                progress.running[id(job)] = clock()
+            began = clock()
+            try:
+                ok, text = work(job)
+            except Exception as exc:  # a broken worker must not hang the queue
+                ok, text = False, f"{type(exc).__name__}: {exc}"
+            results.put(Finished(job, ok, clock() - began, text))
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, min(workers, len(jobs))))]
+    for thread in threads:
+        thread.start()
+    finished: list[Finished] = []
+    interrupts = 0
+    while any(t.is_alive() for t in threads) or not results.empty():
+        try:
+            result = results.get(timeout=tick)
+        except queue.Empty:
+            if progress.live:
+                progress.say()
+            continue
+        except KeyboardInterrupt:
+            interrupts += 1
+            stop.set()
+            interrupt(interrupts)
+            progress.say(f"interrupted: no new runs; {len(progress.running)} running "
+                         + ("asked to checkpoint and stop (Ctrl-C again to stop them at once)" if interrupts == 1
+                            else "stopping at once"))
+            continue
+        finished.append(result)
+        progress.finish(result)
+    if progress.live:
+        stream.write("\n")
+    return finished
