@@ -179,10 +179,11 @@ def write_manifest(path: Path, cells: list[Cell], common: list[str]) -> None:
     (path / "cells.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
 
 
-def store_override(runs_dir: Path) -> str:
-    """paths.runs_dir=<store>: every task writes to this store, wherever it starts (not part of the run id)."""
-    value = str(runs_dir)
-    return "paths.runs_dir=" + (value if re.fullmatch(r"[\w./-]+", value) else hydra_string(value))
+def common_overrides(spec: Spec, runs_dir: Path) -> list[str]:
+    """What every run of a launch gets: the store (wherever a task starts) and the artifact, its wandb
+    group; neither is part of the run id."""
+    store = str(runs_dir) if re.fullmatch(r"[\w./-]+", str(runs_dir)) else hydra_string(runs_dir)
+    return [f"paths.runs_dir={store}", f"artifact={spec.artifact}"]
 
 
 def run_local(todo: list[Cell], out: Path, jobs: int, common: list[str]) -> int:
@@ -217,6 +218,14 @@ def run_local(todo: list[Cell], out: Path, jobs: int, common: list[str]) -> int:
                  for c in todo]
     results = run_queue(jobs_list, jobs, work, interrupt)
     return 0 if len(results) == len(todo) and all(r.ok for r in results) else 1
+
+
+def launch_here(spec: Spec, sections: list[str], todo: list[Cell], runs_dir: Path, jobs: int) -> int:
+    """Write the launch's manifest and run it through the local work queue."""
+    out, common = launch_dir_for(runs_dir, spec.artifact, sections), common_overrides(spec, runs_dir)
+    write_manifest(out, todo, common)
+    print(f"manifest: {out / 'manifest.txt'} ({len(todo)} lines); logs: {out / 'logs'}/", flush=True)
+    return run_local(todo, out, jobs, common)
 
 
 def print_sweeps(spec: Spec, sections: list[str], extra: list[str], launcher: str) -> None:
@@ -295,12 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     if not todo:
         print("nothing to launch: submitted 0 jobs")
         return 0
-    common = [store_override(runs_dir), f"artifact={spec.artifact}"]
     if args.launcher != "local" and not slurm_available() and not args.dry_run:
         print(f"error: --launcher {args.launcher} submits to Slurm, but sbatch/squeue are not on PATH "
               "(slurm/local_cluster.sh up starts a one-node cluster here)", file=sys.stderr)
         return 2
-    out = launch_dir_for(runs_dir, spec.artifact, args.section, create=not args.dry_run)
+    out, common = launch_dir_for(runs_dir, spec.artifact, args.section, create=False), common_overrides(spec, runs_dir)
     sbatch = sbatch_command(out, len(todo), settings, args.sbatch_arg, args.parallel, spec.artifact) if settings else []
     if args.dry_run:
         if args.launcher == "sbatch":
@@ -311,20 +319,22 @@ def main(argv: list[str] | None = None) -> int:
         for cell in todo:
             print(train_command([*cell.overrides, *common]))
         return 0
-    write_manifest(out, todo, common)
-    print(f"manifest: {out / 'manifest.txt'} ({len(todo)} lines)", flush=True)
 
     start = time.time()
     job_ids: set[str] = set()
     if args.launcher == "local":
-        rc = run_local(todo, out, args.jobs, common)
-    elif args.launcher == "sbatch":
-        rc, job_ids = run_sbatch(sbatch, out, len(todo), not args.no_wait)
-        if args.no_wait:
-            print(f"not waiting: squeue -j {' '.join(job_ids)}; relaunch to pick up what is missing")
-            return rc
+        rc = launch_here(spec, args.section, todo, runs_dir, args.jobs)
     else:
-        rc, job_ids = run_submitit(out, args.launcher, args.hydra, spec.artifact)
+        out.mkdir(parents=True)
+        write_manifest(out, todo, common)
+        print(f"manifest: {out / 'manifest.txt'} ({len(todo)} lines)", flush=True)
+        if args.launcher != "sbatch":
+            rc, job_ids = run_submitit(out, args.launcher, args.hydra, spec.artifact)
+        else:
+            rc, job_ids = run_sbatch(sbatch, out, len(todo), not args.no_wait)
+            if args.no_wait:
+                print(f"not waiting: squeue -j {' '.join(job_ids)}; relaunch to pick up what is missing")
+                return rc
     wait_until_gone(job_ids)
     for job_id in sorted(job_ids):
         for line in job_state_lines(job_id):

@@ -1,7 +1,7 @@
 """What a run is expected to cost: to order a work queue (longest first), give its ETA, and total a
 plan's GPU-hours. The first source that knows wins:
 
-1. a finished run in the results store with the same config up to learning rate and seed (its
+1. a finished run in the results store with the same config up to learning rate, seed and steps (its
    identity.json): its `wall_seconds`, scaled by steps when they differ (measured here);
 2. experiments/cost.yaml: seconds per optimizer step of paper-scale runs on one GPU (bench/cost_table.py),
    times the run's `train.max_steps` (epoch-based runs have no step count before their data is loaded);
@@ -38,8 +38,8 @@ class Estimate:
 
 
 def similar(identity: dict[str, Any]) -> str:
-    """The key runs share when they differ only in learning rate and seed."""
-    train = {k: v for k, v in (identity.get("train") or {}).items() if k != "lr"}
+    """The key runs share when they differ only in learning rate, seed and number of steps."""
+    train = {k: v for k, v in (identity.get("train") or {}).items() if k not in ("lr", "max_steps")}
     return hash_identity({**{k: v for k, v in identity.items() if k != "seed"}, "train": train})
 
 
@@ -86,5 +86,5 @@ class Costs:
         per_step = (self.table.get("step_seconds") or {}).get(experiment) or {}
         step_s = per_step.get(f"{method.get('method')}@{method.get('r')}", per_step.get(method.get("method")))
         if step_s and steps:
-            return Estimate(float(step_s) * steps, f"experiments/cost.yaml ({self.table.get('gpu', '?')})", proxy(config))
+            return Estimate(float(step_s) * steps, f"experiments/cost.yaml, {self.table.get('gpu', '?')}", proxy(config))
         return Estimate(None, "", proxy(config))

@@ -62,19 +62,18 @@ class Progress:
         self.done: list[Finished] = []
         self.lock = threading.Lock()
 
-    def expected(self, job: Job, rate: float | None) -> float | None:
-        return job.seconds if job.seconds is not None else job.proxy * rate if rate else None
-
     def eta(self) -> float | None:
-        """Seconds until the last run ends, spreading the remaining expected work over the workers."""
-        rate = _rate([(f.seconds, f.job.proxy) for f in self.done if f.ok]) or _rate(
-            [(j.seconds, j.proxy) for j in self.jobs if j.seconds is not None])
+        """Seconds until the last run ends, spreading the remaining expected work over the workers. What
+        the finished runs took corrects the estimates (process start-up, a slower machine) and puts the
+        proxies in seconds."""
+        ok = [f for f in self.done if f.ok]
+        scale = _rate([(f.seconds, f.job.seconds) for f in ok if f.job.seconds]) or 1.0
+        rate = _rate([(f.seconds, f.job.proxy) for f in ok]) or _rate(
+            [(j.seconds * scale, j.proxy) for j in self.jobs if j.seconds is not None])
         finished = {id(f.job) for f in self.done}
         now, left = self.clock(), 0.0
-        for job in self.jobs:
-            if id(job) in finished:
-                continue
-            expected = self.expected(job, rate)
+        for job in (j for j in self.jobs if id(j) not in finished):
+            expected = job.seconds * scale if job.seconds is not None else job.proxy * rate if rate else None
             if expected is None:
                 return None
             left += max(expected - (now - self.running[id(job)]), 0.0) if id(job) in self.running else expected
@@ -112,7 +111,7 @@ def run_queue(jobs: list[Job], workers: int, work: Callable[[Job], tuple[bool, s
     """Run `work(job) -> (ok, text)` for every job on `workers` threads, longest expected first.
     Ctrl-C: `interrupt(1)` and no new jobs; again: `interrupt(2)`; the running jobs are waited for."""
     pending = order(jobs)
-    progress = Progress(pending, workers, stream, stream.isatty() if live is None else live, clock)
+    progress = Progress(list(pending), workers, stream, stream.isatty() if live is None else live, clock)
     results: queue.Queue = queue.Queue()
     stop = threading.Event()
     lock = threading.Lock()
