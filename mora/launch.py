@@ -142,7 +142,7 @@ def print_plan(cells: list[Cell], todo: list[Cell], resources: str, gpus: int) -
               + (f" = {total * gpus / 3600:.1f} GPU-hours" if gpus else ""))
     if len(known) < len(todo):
         print(f"  no estimate for {len(todo) - len(known)} runs: no finished run like them in the store, no step time in "
-              "experiments/cost.yaml, or epoch-based (their step count is known once their data is loaded)")
+              "bench/cost.yaml, or epoch-based (their step count is known once their data is loaded)")
     for cell in skipped:
         why = "finished" if cell.status == STATUS_COMPLETED else cell.detail or cell.status
         print(f"skip    {cell.label}  [{why}]  {cell.path}")

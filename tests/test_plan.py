@@ -1,5 +1,5 @@
 """`mora.launch --dry-run`: the plan's summary first (runs, resources per run, expected time and
-GPU-hours from experiments/cost.yaml), then one command per line, and nothing written; the sbatch
+GPU-hours from bench/cost.yaml), then one command per line, and nothing written; the sbatch
 line asks for the resources of conf/launcher/slurm.yaml, the same place submitit reads them from."""
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ def test_the_dry_run_prints_the_summary_the_sbatch_line_and_the_commands_and_wri
     assert lines[0] == "grid: 13 runs; 0 finished, 0 queued on Slurm, 0 stale: skipped 0; launching 13"
     assert lines[1] == "  each run: 1 GPU, 8 CPUs, 64 GB, time limit 24:00:00 (conf/launcher/slurm.yaml)"
     # every run of Table 2 has a measured step time: hours = seconds per step x 1000 steps, 1 GPU each
-    cost = yaml.safe_load((ROOT / "experiments" / "cost.yaml").read_text())["step_seconds"]["uuid_memorization"]
+    cost = yaml.safe_load((ROOT / "bench" / "cost.yaml").read_text())["step_seconds"]["uuid_memorization"]
     per_row = [cost["fft"]] + [cost["lora"]] * 3 + [cost["mora"]] * 3 + [cost["lora@256"]] * 3 + [cost["mora@256"]] * 3
     hours = sum(per_row) * 1000 / 3600
-    assert lines[2] == (f"  expected: {hours:.1f} h of run time for 13 of 13 runs (from experiments/cost.yaml, "
+    assert lines[2] == (f"  expected: {hours:.1f} h of run time for 13 of 13 runs (from bench/cost.yaml, "
                         f"NVIDIA H200) = {hours:.1f} GPU-hours")
     (sbatch,) = [line for line in lines if line.startswith("sbatch line: ")]
     for option in ("--array=0-12%64", "--gpus-per-node=1", "--cpus-per-task=8", "--mem=64G", "--time=24:00:00",

@@ -118,6 +118,17 @@ def test_markdown_and_csv_from_a_synthetic_store(tmp_path, ids):
     assert "LoRA & 4 & 55.0$\\pm$7.1 / 9.9 & 80.0$\\pm$14.1 / 54.2 \\\\" in tex and "-- / 10.1" in tex
 
 
+def test_a_sections_caption_is_said_under_the_title(tmp_path, ids):
+    """A miniature that carries no signal says so (experiments/table4.yaml's `caption`: pipeline check only)."""
+    store = _store(tmp_path / "runs", ids)
+    text = SPEC.replace("paper:\n  experiment", "paper:\n  caption: \"pipeline check only: a tiny model\"\n  experiment")
+    md = report.render(_spec(tmp_path, text=text), store, tmp_path / "out", wandb_log=False)["markdown"].splitlines()
+    assert md[:3] == ["**Synthetic table** (paper; cells: ours / paper; ours = mean ± std over seeds)",
+                      "_pipeline check only: a tiny model_", ""]
+    for artifact in ("table1", "table4"):  # the miniatures measured to score 0.0 on the math fixtures say so
+        assert load_spec(ROOT / "experiments" / f"{artifact}.yaml").sections["mini"].caption.startswith("pipeline check only")
+
+
 def test_a_partial_grid_still_fills_the_cell_and_says_so(tmp_path, ids):
     store = _store(tmp_path / "runs", ids)
     for seed in (0, 1):  # drop the better learning rate: the other point of the grid is chosen
@@ -139,6 +150,11 @@ def test_the_wandb_offline_run_holds_the_table(tmp_path, ids, monkeypatch):
     assert logged["columns"] == CSV_FIELDS
     assert [r[2] for r in logged["data"]] == ["LoRA", "LoRA", "MoRA", "MoRA"]
     assert logged["data"][0][9] == 55.0 and logged["data"][2][13] == "missing"
+    # and the table as the paper lays it out: method x column, ours beside the paper's number
+    (table,) = [p for p in run_dir.glob("files/media/table/synthetic/paper_*.table.json") if "_cells_" not in p.name]
+    paper = json.loads(table.read_text())
+    assert paper["columns"] == ["method", "r", "100 (ours)", "100 (paper)", "200 (ours)", "200 (paper)"]
+    assert paper["data"] == [["LoRA", "4", 55.0, 9.9, 80.0, 54.2], ["MoRA", "4", None, 10.1, None, 100.0]]
 
 
 @pytest.mark.parametrize("kind", ["curves", "spectrum"])

@@ -3,12 +3,12 @@ plan's GPU-hours. The first source that knows wins:
 
 1. a finished run in the results store with the same config up to learning rate, seed and steps (its
    identity.json): its `wall_seconds`, scaled by steps when they differ (measured here);
-2. experiments/cost.yaml: seconds per optimizer step of paper-scale runs on one GPU (bench/cost_table.py),
+2. bench/cost.yaml: seconds per optimizer step of paper-scale runs on one GPU (bench/cost_table.py),
    times the run's `train.max_steps` (epoch-based runs have no step count before their data is loaded);
 3. neither: `proxy` = steps x batch x hidden^2 x layers only orders the queue; the launcher turns it into
    seconds once some runs have finished (queue.py).
 
-experiments/cost.yaml:
+bench/cost.yaml:
     gpu: NVIDIA H200                                  # what the seconds were measured on
     source: bench/results/<date>/cost_call4.jsonl     # where they come from
     step_seconds:                                     # experiment -> method[@r] -> seconds per step
@@ -27,13 +27,13 @@ from ..artifacts.spec import ROOT
 from ..identity import hash_identity
 from ..runs import IDENTITY_NAME, METRICS_NAME, STATUS_COMPLETED, read_json
 
-COST_FILE = ROOT / "experiments" / "cost.yaml"
+COST_FILE = ROOT / "bench" / "cost.yaml"
 
 
 @dataclass
 class Estimate:
     seconds: float | None  # expected wall seconds of the run; None: unknown
-    source: str  # "a recorded run like it" | "experiments/cost.yaml (<gpu>)" | ""
+    source: str  # "a recorded run like it" | "bench/cost.yaml (<gpu>)" | ""
     proxy: float
 
 
@@ -86,5 +86,5 @@ class Costs:
         per_step = (self.table.get("step_seconds") or {}).get(experiment) or {}
         step_s = per_step.get(f"{method.get('method')}@{method.get('r')}", per_step.get(method.get("method")))
         if step_s and steps:
-            return Estimate(float(step_s) * steps, f"experiments/cost.yaml, {self.table.get('gpu', '?')}", proxy(config))
+            return Estimate(float(step_s) * steps, f"bench/cost.yaml, {self.table.get('gpu', '?')}", proxy(config))
         return Estimate(None, "", proxy(config))
