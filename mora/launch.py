@@ -194,7 +194,7 @@ def run_local(todo: list[Cell], out: Path, jobs: int, common: list[str]) -> int:
     (out / "logs").mkdir(parents=True, exist_ok=True)
     running: dict[int, subprocess.Popen] = {}
 
-    def work(job: Job) -> tuple[bool, str]:
+    def work(job: Job) -> tuple[str, str]:
         cell = job.item
         log = out / "logs" / f"{cell.experiment}-{cell.run_id}.log"
         with open(log, "w") as handle:  # its own session: a Ctrl-C reaches it once, from interrupt()
@@ -206,9 +206,10 @@ def run_local(todo: list[Cell], out: Path, jobs: int, common: list[str]) -> int:
         cell.refresh()
         if cell.status == STATUS_COMPLETED:
             value = lookup(cell.run.metrics, cell.headline)
-            return True, f"{cell.headline} {value:.4g}" if isinstance(value, (int, float)) else "finished"
+            return "done", f"{cell.headline} {value:.4g}" if isinstance(value, (int, float)) else "finished"
         last = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-1:]
-        return False, f"{cell.detail or cell.status} (exit {rc}){': ' + last[0] if last and not cell.detail else ''}; log {log}"
+        why = cell.detail or f"exit {rc}: {last[0] if last else 'no output'}"
+        return ("interrupted" if cell.status == "interrupted" else "failed"), f"{why}; log {log}"
 
     def interrupt(times: int) -> None:
         for proc in list(running.values()):

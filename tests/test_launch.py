@@ -4,12 +4,12 @@ the manifest sweeper, and the grid printed as Hydra multiruns."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from runner import ROOT, TINY_RUN
 
@@ -105,16 +105,16 @@ def test_trained_but_unscored_runs_are_launched_again(tmp_path, capsys):
         ("method=lora, method.r=4]", r"LoRA r=4.*do not compose.*method/vera"),
         ("method.kind=rotation]", r"MoRA r=4.*not a valid run.*unknown kind 'spiral'"),
         ("lr_grid: [1e-2, 3e-2]}", r"unknown option.*'ranks'"),
+        ("    - {label: MoRA r=4", r"LoRA lrr.*unknown config key train.lrr \(did you mean train.lr\?\).*fix the spec"),
     ],
 )
 def test_bad_spec_fails_before_anything_is_written(tmp_path, capsys, change, message):
-    import re
-
     bad = {
         "experiment: uuid_mini": "experiment: uuid_nano",
         "method=lora, method.r=4]": "method=vera, method.r=4]",
         "method.kind=rotation]": "method.kind=spiral]",
         "lr_grid: [1e-2, 3e-2]}": "lr_grid: [1e-2, 3e-2]}\n    - {label: LoRA typo, overrides: [method=lora, +method.ranks=4]}",
+        "    - {label: MoRA r=4": "    - {label: LoRA lrr, overrides: [method=lora, +train.lrr=1e-3]}\n    - {label: MoRA r=4",
     }[change]
     spec = _spec(tmp_path, SPEC.replace(change, bad, 1))
     rc = main([str(spec), "--section", "mini", "--runs-dir", str(tmp_path / "runs"), *TINY_OVERRIDES, "--launcher", "sbatch"])
@@ -151,8 +151,12 @@ def test_local_launch_runs_the_grid_then_relaunch_runs_nothing(tmp_path):
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "launched 2 runs" in done.stdout and "2 finished, 0 not" in done.stdout
+    assert re.search(r"\[done 1/2\] (LoRA|MoRA) r=4 \| lr=0.01: char_acc \d", done.stdout), done.stdout  # the queue's lines
+    assert "grid: 2/2 done, 0 running, 0 failed, 0 left" in done.stdout
     cells = expand(spec, ["mini"], store, TINY_RUN[1:])
     assert [c.status for c in cells] == ["completed", "completed"]
+    # launched by the artifact: its wandb group (a run started by hand has artifact null: its experiment's group)
+    assert {json.loads((Path(c.path) / "config.json").read_text())["artifact"] for c in cells} == {"tinygrid"}
     (launch_dir,) = (store / ".launch").iterdir()
     assert len((launch_dir / "manifest.txt").read_text().splitlines()) == 2
     assert [c["run_id"] for c in json.loads((launch_dir / "cells.json").read_text())["cells"]] == [c.run_id for c in cells]

@@ -37,7 +37,7 @@ def test_a_free_worker_takes_the_next_run_so_the_workers_stay_balanced():
         started.append(job.item)
         who[job.item] = threading.current_thread().name
         time.sleep(durations[job.item])
-        return True, "ok"
+        return "done", "ok"
 
     begun = time.monotonic()
     results = run_queue(jobs, 2, work, stream=io.StringIO(), live=False)
@@ -55,7 +55,7 @@ def test_the_console_shows_one_line_per_finished_run_and_the_grid_line():
 
     def work(job):
         time.sleep(job.seconds)
-        return (False, "failed: NaN at step 3; log x.log") if job.item == "run1" else (True, "char_acc 24.7")
+        return ("failed", "failed: NaN at step 3; log x.log") if job.item == "run1" else ("done", "char_acc 24.7")
 
     run_queue(jobs, 1, work, stream=out, live=False)
     lines = out.getvalue().splitlines()
@@ -68,7 +68,7 @@ def test_the_console_shows_one_line_per_finished_run_and_the_grid_line():
     assert lines[5].startswith("grid: 2/3 done, 0 running, 1 failed, 0 left")
 
     live = io.StringIO()
-    run_queue(_jobs([0.3]), 1, lambda job: (time.sleep(job.seconds), (True, "ok"))[1], stream=live, live=True, tick=0.05)
+    run_queue(_jobs([0.3]), 1, lambda job: (time.sleep(job.seconds), ("done", "ok"))[1], stream=live, live=True, tick=0.05)
     text = live.getvalue()
     assert text.count("\r\x1b[K") >= 3 and "grid: 0/1 done, 1 running" in text and "[done 1/1] run 0: ok" in text
 
@@ -84,7 +84,7 @@ def test_the_eta_spreads_the_work_left_over_the_workers_and_learns_from_finished
     from mora.launching.queue import Finished
 
     progress.running.pop(id(jobs[0]))
-    progress.done.append(Finished(jobs[0], True, 90.0, "ok"))  # it took 1.5x its estimate: so will the others
+    progress.done.append(Finished(jobs[0], "done", 90.0, "ok"))  # it took 1.5x its estimate: so will the others
     assert progress.eta() == (90 * 2 + 180) / 2
 
 
@@ -94,7 +94,7 @@ def test_ctrl_c_stops_taking_runs_and_asks_the_running_ones_to_stop():
     def work(job):
         started.append(job.item)
         time.sleep(0.4)
-        return True, "ok"
+        return "done", "ok"
 
     threading.Timer(0.1, _thread.interrupt_main).start()  # Ctrl-C while the first run is running
     out = io.StringIO()

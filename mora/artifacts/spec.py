@@ -1,29 +1,11 @@
 """The artifact spec (`experiments/<artifact>.yaml`): what fills each cell of a paper table or figure.
 
-    artifact: table1            # the wandb group, and the output file names
-    kind: table                 # table | curves (loss curves, PNG) | spectrum (Figure 5 bars, PNG)
-    title: ...
-    metric: char_acc            # default metric of the columns
-    format: ".1f"               # default number format
-    select: {metric: ..., mode: max}   # the selection rule (mora/artifacts/table.py); `selection:` is its prose
-    grids: {name: {group: [lr, ...]}}  # named learning-rate grids rows may refer to
-    <section>:                  # `paper` holds the paper-scale grid and the paper's numbers; others
-      experiment: uuid_mini     #   (e.g. `mini`) are offline miniatures, aligned with `paper` by order
-      caption: ...              # optional: said under the table's title (e.g. "pipeline check only: ...")
-      seeds: [0]
-      overrides: [...]          # Hydra overrides for every cell of the section
-      select: {...}             # optional: this section's own selection rule
-      groups:                   # column groups: one experiment each (default: one group `main`)
-        tulu: {experiment: tulu_mmlu, overrides: [benchmark=mmlu], lr_grid: [...], select: {...}, label: ...}
-      columns: [300, 500]       # ints: the metric at those eval steps; or {key, label, group, metric, step, format}
-      rows:
-        - {label: LoRA r=8, rank: 8, overrides: [method=lora], lr_grid: [1e-4, 2e-4] | {tulu: [...]} | grid name,
-           hparams: {method.lr_ratio: [2, 4]}, paper: [50.2, 51.5], paper_row: <label or index in paper>, lr: 1e-4}
-          # hparams: other hyperparameters swept together with the learning rate; `lr` (one value) is
-          # what `make demo` runs; other keys (e.g. table2's `sweep` record) are notes
+    artifact, kind, title, metric, format, selection, select, grids   # the spec
+    <section>: {experiment, caption, seeds, overrides, select, groups, columns, rows}
+    row: {label, rank, overrides, lr_grid, hparams, paper, paper_row, lr}
 
-A section's grid is rows x column groups x learning rates x hparams values x seeds; docs/artifacts.md
-walks through it with an example.
+The format, key by key, with a worked example: docs/artifacts.md. `load_spec` checks everything it can
+without composing a config, each problem a ValueError naming the file, section and row.
 """
 
 from __future__ import annotations

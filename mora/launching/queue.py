@@ -30,9 +30,13 @@ class Job:
 @dataclass
 class Finished:
     job: Job
-    ok: bool
+    status: str  # done | failed | interrupted | ...
     seconds: float
     text: str  # the headline metric, or why it failed
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "done"
 
 
 def _hms(seconds: float) -> str:
@@ -99,16 +103,17 @@ class Progress:
         with self.lock:
             self.running.pop(id(result.job), None)
             self.done.append(result)
-        mark = "done" if result.ok else "FAILED"
+        mark = result.status if result.ok else result.status.upper()
         self.say(f"[{mark} {len(self.done)}/{len(self.jobs)}] {result.job.label}: {result.text} ({_hms(result.seconds)})")
         if not self.live:
             self.say()
 
 
-def run_queue(jobs: list[Job], workers: int, work: Callable[[Job], tuple[bool, str]],
+def run_queue(jobs: list[Job], workers: int, work: Callable[[Job], tuple[str, str]],
               interrupt: Callable[[int], None] = lambda n: None, stream: TextIO = sys.stdout, live: bool | None = None,
               clock: Callable[[], float] = time.monotonic, tick: float = 1.0) -> list[Finished]:
-    """Run `work(job) -> (ok, text)` for every job on `workers` threads, longest expected first.
+    """Run `work(job) -> (status, text)` (status `done` or why not) for every job on `workers` threads,
+    longest expected first.
     Ctrl-C: `interrupt(1)` and no new jobs; again: `interrupt(2)`; the running jobs are waited for."""
     pending = order(jobs)
     progress = Progress(list(pending), workers, stream, stream.isatty() if live is None else live, clock)
@@ -125,10 +130,10 @@ def run_queue(jobs: list[Job], workers: int, work: Callable[[Job], tuple[bool, s
                 progress.running[id(job)] = clock()
             began = clock()
             try:
-                ok, text = work(job)
+                status, text = work(job)
             except Exception as exc:  # a broken worker must not hang the queue
-                ok, text = False, f"{type(exc).__name__}: {exc}"
-            results.put(Finished(job, ok, clock() - began, text))
+                status, text = "failed", f"{type(exc).__name__}: {exc}"
+            results.put(Finished(job, status, clock() - began, text))
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, min(workers, len(jobs))))]
     for thread in threads:
