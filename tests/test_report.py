@@ -254,3 +254,31 @@ def test_the_scoring_mode_of_benchmark_scores_is_in_the_table(tmp_path, ids):
     records = table_records(result["tables"][0])
     assert [r["scoring"] for r in records] == ["paper", ""]  # MoRA has no finished run
     assert (tmp_path / "out" / "scored_paper.csv").read_text().splitlines()[1].endswith(",paper")
+
+
+def test_a_table_of_recorded_runs_without_a_spec(tmp_path, ids, capsys):
+    """`mora.report --runs DIR --rows KEYS --metric M`: rows from the runs' own keys, the seeds of one
+    config averaged, the best config of a row chosen by the spec's rule; nothing composed."""
+    from mora.identity import run_identity
+
+    store = _store(tmp_path / "runs", ids)
+    for key in RUNS:
+        run = store / "uuid_mini" / ids[key]
+        config = OmegaConf.to_container(compose(_overrides(*key)), resolve=True)
+        (run / "config.json").write_text(json.dumps(config))
+        (run / "identity.json").write_text(json.dumps(run_identity(config)))
+        metrics = json.loads((run / "metrics.json").read_text())
+        metrics["summary"] = {"method": config["method"]["method"], "rank": config["method"]["r"]}
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    report.main(["--runs", str(store / "uuid_mini"), "--rows", "method,rank", "--metric", "char_acc",
+                 "--out", str(tmp_path / "out")])
+    md = capsys.readouterr().out.splitlines()
+    assert md[0] == f"**{store / 'uuid_mini'}: char_acc by method, rank** (runs; cells: mean ± std over seeds)"
+    assert md[2:6] == ["| method | char_acc |", "|---|---|", "| method=lora, rank=4 | 80.0 ± 14.1 |",
+                       "| method=mora, rank=4 | – [1] |"]
+    assert "Chosen: method=lora, rank=4 (lr=0.003)." in md
+    assert f"{store}/uuid_mini/{ids[(('method=mora', 'method.r=4'), '3e-3', 0)]}  [failed]  lr=0.003, seed 0" in "\n".join(md)
+    assert (tmp_path / "out" / "uuid_mini_runs.csv").is_file()
+    with pytest.raises(SystemExit):
+        report.main(["--runs", str(store / "uuid_mini"), "--rows", "method.nope"])
+    assert "no key 'method.nope'" in capsys.readouterr().err

@@ -13,12 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..identity import canonical, hash_identity, results_versions
+from ..identity import canonical, results_versions
 from ..runs import CONFIG_NAME, IDENTITY_NAME, METRICS_NAME, read_json, stored_config
 from .compose import Composed
 from .grid import Candidate, Slot
 from .spec import Column, Group, Row, Section, Spec
-from .store import Run
+from .store import Run, seedless_key
 
 
 def run_key(run: Path, key: str) -> Any:
@@ -53,7 +53,7 @@ def table_from_runs(paths: list[Path], rows: list[str], metrics: list[str], step
     for path in runs:
         config = stored_config(path)
         identity = read_json(path / IDENTITY_NAME) if (path / IDENTITY_NAME).is_file() else {}
-        point = hash_identity({k: v for k, v in identity.items() if k != "seed"}) if identity else path.name
+        point = seedless_key(identity) if identity else path.name
         run = Run(int(config.get("seed", 0)), [], Composed(path.parent.name, path.name, results_versions(config), config, identity),
                   path, store=path.parent.parent).load()
         label = tuple(canonical(run_key(path, k)) for k in rows)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..identity import hash_identity
 from ..runs import METRICS_NAME, OLD_SCHEME, STATUS_COMPLETED, legacy_runs, read_json, stale_reason
 from .compose import Composed, Composer
 
@@ -84,6 +85,17 @@ class Store:
         if experiment not in self.legacy:
             self.legacy[experiment] = legacy_runs(self.runs_dir, experiment)
         return self.legacy[experiment]
+
+
+def seedless_key(identity: dict[str, Any], train_keys: tuple[str, ...] = ()) -> str:
+    """A hash of a run's identity less every `seed` in it (the run's, the data order's) and the given
+    `train` keys: what runs that differ only in those share."""
+    def drop(node: Any) -> Any:
+        return {k: drop(v) for k, v in node.items() if k != "seed"} if isinstance(node, dict) else node
+
+    trimmed = drop(identity)
+    trimmed["train"] = {k: v for k, v in (trimmed.get("train") or {}).items() if k not in train_keys}
+    return hash_identity(trimmed)
 
 
 def lookup(metrics: dict, metric: str, step: int | None = None) -> Any:

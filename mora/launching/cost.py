@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from ..artifacts.spec import ROOT
-from ..identity import hash_identity
+from ..artifacts.store import seedless_key
 from ..runs import IDENTITY_NAME, METRICS_NAME, STATUS_COMPLETED, read_json
 
 COST_FILE = ROOT / "bench" / "cost.yaml"
@@ -38,9 +38,8 @@ class Estimate:
 
 
 def similar(identity: dict[str, Any]) -> str:
-    """The key runs share when they differ only in learning rate, seed and number of steps."""
-    train = {k: v for k, v in (identity.get("train") or {}).items() if k not in ("lr", "max_steps")}
-    return hash_identity({**{k: v for k, v in identity.items() if k != "seed"}, "train": train})
+    """The key runs share when they differ only in learning rate, seeds and number of steps."""
+    return seedless_key(identity, ("lr", "max_steps"))
 
 
 def steps_of(config: dict[str, Any]) -> int | None:
