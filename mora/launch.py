@@ -6,31 +6,20 @@
     python -m mora.launch experiments/table1.yaml --section paper --dry-run           # the plan: runs, resources, cost
     python -m mora.launch experiments/table1.yaml --section paper --sweep             # the grid as Hydra multiruns
 
-The grid is the artifact spec's (docs/artifacts.md): every row x column group x learning rate of its
-grid x other swept hyperparameters x seed is one run, with exactly the overrides `python -m mora.report`
-composes for that cell, so the run lands where the report looks. A run whose metrics.json says
-`completed` is skipped and listed; a failed, interrupted or half-done one is launched again (and
-resumes from its last complete checkpoint), and so is one that trained but lacks a benchmark score the
-table reads (mora.train then only scores it). On Slurm, tasks of an earlier launch still queued or
-running are left alone too. Relaunching a finished grid launches nothing. A stale run (docs/results_store.md)
-is listed and skipped; `--rerun-stale` trains those again (the old record moves to <experiment>/.stale/).
-Runs a launch starts log to the wandb group of the artifact (`artifact=`); runs started by hand log to
-their experiment's group.
+Every row x column group x grid point x seed of the spec's section (docs/artifacts.md) is one run, with
+exactly the overrides `mora.report` composes for that cell, so the run lands where the report looks.
+Finished runs are skipped and listed; failed, interrupted, half-done or trained-but-unscored ones are
+launched again (they resume; mora.train then only scores what is missing); Slurm tasks of an earlier
+launch still queued are left alone; stale runs (docs/results_store.md) are listed, and trained again
+with `--rerun-stale`. The plan comes first (runs, resources per run, expected time and GPU-hours);
+`--dry-run` prints it and the commands and writes nothing. Runs a launch starts get `artifact=<spec's>`,
+their wandb group.
 
-What gets written, under <runs-dir>/.launch/<artifact>-<section>-<time>/:
-  manifest.txt   one line of Hydra overrides per task (task i = line i); what the array job runs
-  cells.json     the same cells with labels and run ids
-  logs/          one log per run (local), per task (sbatch); .submitit/ (submitit)
-
-Launchers:
-  local        a work queue here: --jobs N workers, each takes the next unfinished run (longest expected
-               first) as `python -m mora.train`; a live progress line and one line per finished run
-  slurm        Hydra multirun through hydra-submitit-launcher (conf/launcher/slurm.yaml): one array job;
-               waits for it (submitit does). Any conf/launcher/<name>.yaml works: slurm_cpu for CPU nodes
-  sbatch       slurm/array.sbatch over the manifest: sbatch --array=0-(N-1)%P with the resources of
-               conf/launcher/<--resources>.yaml (default slurm); waits unless --no-wait
-Every Slurm task that gets SIGTERM (preemption, time limit, scancel --signal=TERM) saves a checkpoint
-and is requeued; it resumes where it stopped (mora/training/preemption.py).
+Launchers (docs/launching.md): `local`, a work queue here (--jobs N workers, longest expected run
+first, a live progress line); `slurm` (or any conf/launcher/ config, e.g. slurm_cpu), one array job
+through hydra-submitit-launcher; `sbatch`, slurm/array.sbatch over the manifest with the resources of
+conf/launcher/<--resources>.yaml. Written under <runs-dir>/.launch/<artifact>-<section>-<time>/:
+manifest.txt (task i = line i), cells.json, logs/.
 """
 
 from __future__ import annotations

@@ -122,3 +122,14 @@ def test_a_run_recorded_like_it_gives_the_estimate(tmp_path):
     _, lora2, mora2 = expand(spec, ["mini"], store, TINY_RUN[1:])
     assert lora2.extra["lr"] == 0.03 and lora2.estimate.seconds == 60.0  # 6 steps: twice the time
     assert lora2.estimate.source == "a recorded run like it" and mora2.estimate.seconds is None
+
+
+def test_finished_runs_of_two_sizes_fit_a_fixed_cost_plus_a_cost_per_unit():
+    """Table 3's miniature: small runs cost more than their proxy says (start-up, evaluation): two sizes
+    finished give the fixed part, so the ETA of the small runs left is not a fraction of it."""
+    from mora.launching.queue import Finished
+
+    jobs = _jobs([None] * 4, proxies=[8.0, 1.0, 8.0, 1.0])
+    progress = Progress(jobs, 1, io.StringIO(), False, lambda: 0.0)
+    progress.done += [Finished(jobs[0], "done", 150.0, "ok"), Finished(jobs[1], "done", 48.0, "ok")]
+    assert abs(progress.eta() - (150.0 + 48.0)) < 1e-9  # a + 8b = 150, a + b = 48

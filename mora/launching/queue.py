@@ -2,7 +2,7 @@
 first; the console shows one live progress line for the grid and one line per finished run.
 
 Expected durations (cost.py) are seconds where something measured them, else a proxy in unknown units;
-once runs finish, the proxy is calibrated in seconds from them (median of seconds / proxy) for the ETA.
+once runs finish, what they took corrects the estimates and puts the proxy in seconds, for the ETA.
 On a terminal the progress line is redrawn in place every second; elsewhere (a log, CI) it is printed
 after each finished run. Ctrl-C stops taking runs and asks the running ones to checkpoint and stop (a
 second Ctrl-C: to stop at once); relaunching resumes them.
@@ -45,15 +45,26 @@ def _hms(seconds: float) -> str:
 
 
 def order(jobs: list[Job]) -> list[Job]:
-    """Longest expected first: seconds where known; proxies converted to seconds by the jobs that have
-    both; with no seconds at all, by proxy."""
-    rate = _rate([(j.seconds, j.proxy) for j in jobs if j.seconds is not None])
-    return sorted(jobs, key=lambda j: -(j.seconds if j.seconds is not None else j.proxy * rate if rate else j.proxy))
+    """Longest expected first: seconds where known; proxies put in seconds by the jobs that have both;
+    with no seconds at all, by proxy."""
+    seconds = _in_seconds([(j.seconds, j.proxy) for j in jobs if j.seconds is not None]) or (lambda proxy: proxy)
+    return sorted(jobs, key=lambda j: -(j.seconds if j.seconds is not None else seconds(j.proxy)))
 
 
 def _rate(pairs: list[tuple[float, float]]) -> float | None:
     ratios = [s / p for s, p in pairs if p > 0]
     return statistics.median(ratios) if ratios else None
+
+
+def _in_seconds(pairs: list[tuple[float, float]]) -> Callable[[float], float] | None:
+    """Proxy -> seconds, from (seconds, proxy) pairs: a fixed cost per run (start-up, evaluations) plus a
+    cost per proxy unit, by least squares where the proxies differ; else in proportion."""
+    if len({p for _, p in pairs}) > 1:
+        slope, intercept = statistics.linear_regression([p for _, p in pairs], [s for s, _ in pairs])
+        if slope > 0 and intercept >= 0:
+            return lambda proxy: intercept + slope * proxy
+    rate = _rate(pairs)
+    return (lambda proxy: rate * proxy) if rate else None
 
 
 class Progress:
@@ -72,12 +83,12 @@ class Progress:
         proxies in seconds."""
         ok = [f for f in self.done if f.ok]
         scale = _rate([(f.seconds, f.job.seconds) for f in ok if f.job.seconds]) or 1.0
-        rate = _rate([(f.seconds, f.job.proxy) for f in ok]) or _rate(
+        seconds = _in_seconds([(f.seconds, f.job.proxy) for f in ok]) or _in_seconds(
             [(j.seconds * scale, j.proxy) for j in self.jobs if j.seconds is not None])
         finished = {id(f.job) for f in self.done}
         now, left = self.clock(), 0.0
         for job in (j for j in self.jobs if id(j) not in finished):
-            expected = job.seconds * scale if job.seconds is not None else job.proxy * rate if rate else None
+            expected = job.seconds * scale if job.seconds is not None else seconds(job.proxy) if seconds else None
             if expected is None:
                 return None
             left += max(expected - (now - self.running[id(job)]), 0.0) if id(job) in self.running else expected
