@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import CONF_DIR, Composer, Run, Spec, Store, expand as expand_grid, load_spec, lookup, train_command
-from .artifacts.spec import Section
+from .artifacts.grid import shared_overrides
+from .artifacts.spec import Section, lr_candidates
 from .launching.cost import Costs, Estimate
 from .launching.queue import Job, run_queue
 from .launching.slurm import (hydra_string, in_flight, job_state_lines, launcher_settings, resources_text, run_sbatch,
@@ -220,18 +221,14 @@ def launch_here(spec: Spec, sections: list[str], todo: list[Cell], runs_dir: Pat
 
 def print_sweeps(spec: Spec, sections: list[str], extra: list[str], launcher: str) -> None:
     """Each row x column group as one Hydra multirun (the basic sweeper: learning rates x hparams x seeds)."""
-    from .artifacts.spec import lr_candidates
-
-    for name in sections:
-        section = spec.section(name)
+    for section in map(spec.section, sections):
         for row in section.rows:
             for group in section.groups.values():
                 lrs = [lr for lr in lr_candidates(spec, row, group) if lr is not None]
                 sweeps = {**({"train.lr": lrs} if lrs else {}), **row.sweep, "seed": section.seeds}
-                parts = (["-m"] + ([f"+launcher={launcher}"] if launcher != "local" else [])
-                         + [f"experiment={group.experiment}", *section.overrides, *group.overrides, *row.overrides,
-                            *(f"{k}={','.join(str(v) for v in values)}" for k, values in sweeps.items()), *extra])
-                print(f"# {row.name} × {group.title}\n" + train_command(parts))
+                print(f"# {row.name} × {group.title}\n" + train_command(
+                    ["-m", *([f"+launcher={launcher}"] if launcher != "local" else []), *shared_overrides(section, row, group),
+                     *(f"{k}={','.join(str(v) for v in values)}" for k, values in sweeps.items()), *extra]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,8 +266,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = load_spec(args.spec)
         if args.sweep:
-            for name in args.section:
-                spec.section(name)
             print_sweeps(spec, args.section, args.override, args.launcher)
             return 0
         cells = expand(args.spec, args.section, runs_dir, args.override)

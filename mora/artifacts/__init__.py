@@ -7,6 +7,8 @@ from recorded runs without a spec. mora.report, mora.launch and mora.demo all go
 rendering a built table is mora.render's.
 """
 
+from pathlib import Path
+
 from .compose import Composer
 from .grid import Candidate, Slot, expand
 from .spec import CONF_DIR, Section, Spec, load_spec
@@ -16,8 +18,6 @@ from .table import Table, build_table, train_command
 
 def section_table(spec: Spec, section: Section, runs_dir, extra: list[str] = (), conf_dir=CONF_DIR) -> Table:
     """Compose, look up and select: the built table of one section of a spec."""
-    from pathlib import Path
-
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise ValueError(

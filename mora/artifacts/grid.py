@@ -38,15 +38,15 @@ class Slot:
     group: Group
     candidates: list[Candidate]
 
-    @property
-    def structural(self) -> list[str]:
-        """The overrides every run of the slot shares (before its grid point, seed and extras)."""
-        return [f"experiment={self.group.experiment}", *self.section.overrides, *self.group.overrides, *self.row.overrides]
-
     def runs(self) -> Iterator[tuple[Candidate, Run]]:
         for candidate in self.candidates:
             for run in candidate.runs:
                 yield candidate, run
+
+
+def shared_overrides(section: Section, row: Row, group: Group) -> list[str]:
+    """The overrides every run of a row x group shares (before its grid point, seed and extras)."""
+    return [f"experiment={group.experiment}", *section.overrides, *group.overrides, *row.overrides]
 
 
 def expand(spec: Spec, section: Section, store: Store, extra: list[str] = ()) -> list[Slot]:
@@ -61,7 +61,7 @@ def expand(spec: Spec, section: Section, store: Store, extra: list[str] = ()) ->
                 for values in itertools.product(*(row.sweep[k] for k in keys)):
                     candidate = Candidate(lr, dict(zip(keys, values)), [])
                     for seed in section.seeds:
-                        overrides = [*slot.structural, *candidate.values(), f"seed={seed}", *extra]
+                        overrides = [*shared_overrides(section, row, group), *candidate.values(), f"seed={seed}", *extra]
                         candidate.runs.append(store.run(overrides, seed, where))
                     slot.candidates.append(candidate)
             slots.append(slot)
