@@ -114,7 +114,7 @@ def test_bad_spec_fails_before_anything_is_written(tmp_path, capsys, change, mes
         "method=lora, method.r=4]": "method=vera, method.r=4]",
         "method.kind=rotation]": "method.kind=spiral]",
         "lr_grid: [1e-2, 3e-2]}": "lr_grid: [1e-2, 3e-2]}\n    - {label: LoRA typo, overrides: [method=lora, +method.ranks=4]}",
-        "    - {label: MoRA r=4": "    - {label: LoRA lrr, overrides: [method=lora, +train.lrr=1e-3]}\n    - {label: MoRA r=4",
+        "    - {label: MoRA r=4": "    - {label: LoRA lrr, overrides: [method=lora, train.lrr=1e-3]}\n    - {label: MoRA r=4",
     }[change]
     spec = _spec(tmp_path, SPEC.replace(change, bad, 1))
     rc = main([str(spec), "--section", "mini", "--runs-dir", str(tmp_path / "runs"), *TINY_OVERRIDES, "--launcher", "sbatch"])

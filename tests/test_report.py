@@ -179,7 +179,7 @@ def test_curves_average_the_seeds():
     "change,message",
     [
         (("experiment: uuid_mini", "experiment: nope_mini"), "unknown experiment 'nope_mini'; conf/experiment/ has"),
-        (("method.r=4], lr_grid: [3e-3]", "method.nope=4], lr_grid: [3e-3]"), "do not compose"),
+        (("method.r=4], lr_grid: [3e-3]", "method.nope=4], lr_grid: [3e-3]"), "not a valid run: ValueError: .*nope"),
         (("lr_grid: [3e-3]", "lr_grid: no_such_grid"), "lr_grid 'no_such_grid' is not in `grids:`"),
         (("paper: [10.1, 100]", "paper: [10.1]"), "1 paper numbers for 2 columns"),
         (("kind: {kind}", "kind: pie"), "kind 'pie' is not one of"),

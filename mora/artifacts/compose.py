@@ -60,7 +60,6 @@ class Composer:
         """The composed DictConfig (a fresh copy)."""
         from hydra import compose
         from omegaconf import OmegaConf
-        from omegaconf.errors import OmegaConfBaseException
 
         parsed = check_overrides(overrides, where)
         try:
@@ -69,11 +68,8 @@ class Composer:
             if structural not in self.base:
                 self.base[structural] = compose(config_name="config", overrides=list(structural))
             cfg = copy.deepcopy(self.base[structural])
-            for o in values:
-                try:
-                    OmegaConf.update(cfg, o.key_or_group, o.value(), merge=True)
-                except OmegaConfBaseException as exc:
-                    raise ValueError(f"could not override {o.key_or_group!r} (no such key?): {exc}") from None
+            for o in values:  # set, or add as mora.train does (`++`): a misspelt key is named by the checks
+                OmegaConf.update(cfg, o.key_or_group, o.value(), merge=True, force_add=True)
             OmegaConf.to_container(cfg, resolve=True)  # interpolations resolve
         except Exception as exc:
             raise ValueError(f"{where}: overrides {list(overrides)} do not compose: {type(exc).__name__}: {exc}") from None
