@@ -4,7 +4,7 @@ plan's GPU-hours. The first source that knows wins:
 1. a finished run in the results store with the same config up to learning rate, seed and steps (its
    identity.json): its `wall_seconds`, scaled by steps when they differ (measured here);
 2. bench/cost.yaml: seconds per optimizer step of paper-scale runs on one GPU (bench/cost_table.py),
-   times the run's `train.max_steps` (epoch-based runs have no step count before their data is loaded);
+   times the run's `train.max_steps`, or for an epoch-based run the steps the file gives its experiment;
 3. neither: `proxy` = steps x batch x hidden^2 x layers only orders the queue; the launcher turns it into
    seconds once some runs have finished (queue.py).
 
@@ -13,6 +13,7 @@ bench/cost.yaml:
     source: bench/results/<date>/cost_call4.jsonl     # where they come from
     step_seconds:                                     # experiment -> method[@r] -> seconds per step
       uuid_memorization: {fft: 11.3, lora: 19.5, lora@256: 6.6}   # `method@r` wins over `method`
+    steps: {tulu_mmlu: 5096}                          # optimizer steps of an epoch-based paper run
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class Costs:
         method = config.get("method") or {}
         per_step = (self.table.get("step_seconds") or {}).get(experiment) or {}
         step_s = per_step.get(f"{method.get('method')}@{method.get('r')}", per_step.get(method.get("method")))
+        steps = steps or (self.table.get("steps") or {}).get(experiment)
         if step_s and steps:
             return Estimate(float(step_s) * steps, f"bench/cost.yaml, {self.table.get('gpu', '?')}", proxy(config))
         return Estimate(None, "", proxy(config))
