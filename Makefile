@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: help install install-smollm2 fixtures demo test test-slow test-faults test-deepspeed clean
+.PHONY: help install install-smollm2 fixtures demo test test-slow test-faults test-deepspeed bench-train bench-cost clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -43,8 +43,16 @@ test-slow: install  ## the slow tests only
 test-faults: install  ## fault injection in real processes: random SIGKILLs + relaunch, two grid tasks at once (~2 min)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m faults
 
-test-deepspeed: install  ## DeepSpeed ZeRO-2/3 on 2 CPU processes (gloo): restarts, 1 vs 2 processes (~4 min)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slow tests/test_deepspeed.py
+test-deepspeed: install  ## DeepSpeed ZeRO-2/3 on 2 CPU processes (gloo): restarts, 1 vs 2 processes, bench/ds_2gpu.py's plan (~9 min)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slow tests/test_deepspeed.py tests/test_ds_2gpu.py
+
+bench-train: install  ## GPU: mora.train beside peft + Trainer on the LLaMA-2-7B shape, eager and compiled (bench/RESULTS.md)
+	$(PY) bench/train_bench.py --modes eager
+	$(PY) bench/train_bench.py --modes compiled
+
+bench-cost: install  ## GPU: every paper experiment's cost classes, a few steps each (docs/cost.md)
+	$(PY) bench/cost_table.py
+	$(PY) bench/cost_report.py bench/out/cost.jsonl
 
 # ---- reproduce a paper artifact: expand the grid of experiments/<artifact>.yaml, launch the runs that
 # are not finished (finished ones are skipped and listed), then render reports/<artifact>_<section>.*

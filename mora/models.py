@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import importlib.util
+import os
 import string
 from pathlib import Path
 
@@ -130,8 +131,8 @@ def llama_from_config(
         tie_word_embeddings=tie_embeddings,
         initializer_range=initializer_range,
     )
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":  # under a launcher, this process's own GPU (every rank would build on cuda:0)
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         return LlamaForCausalLM(config).to(torch_dtype(dtype))
     with torch.device(device):

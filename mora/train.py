@@ -298,7 +298,7 @@ def _train(cfg: DictConfig, held: contextlib.ExitStack) -> dict[str, Any]:
         stopper.raise_if_stopped(run.checkpoints)
         metrics["kernels"] = kernels.path_counts()
         log.info("adapter paths: %s", kernels.path_counts() or "no adapter layers")
-        if ds_config is not None:
+        if ds_config is not None and cfg.train.save_model:
             gather_full_model(model, dtypes)  # every process takes part; rank 0 ends with the full model
         if main_process and cfg.train.save_model:
             if method_cfg.layer_class is not None:

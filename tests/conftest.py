@@ -95,3 +95,17 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.fixture
 def relerr():
     return rel_err
+
+
+@pytest.fixture(scope="session")
+def shm_op():
+    """DeepSpeed's CPU comm op compiles on first use (~1 min, once per machine): build it once here
+    rather than in two racing ranks."""
+    import subprocess
+    import sys
+
+    from runner import ROOT, deepspeed_cpu_env
+
+    code = "import importlib; importlib.import_module('deepspeed.comm.torch').build_shm_op()"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=deepspeed_cpu_env(), check=True, capture_output=True,
+                   timeout=900)

@@ -49,6 +49,16 @@ def run_cli(runs_dir: Path, *overrides: str, tiny: bool = True, **popen) -> subp
     return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, **popen)
 
 
+def deepspeed_cpu_env() -> dict:
+    """Environment of a DeepSpeed launch on this CPU machine: gloo, one thread per process (two
+    processes on two cores spin-wait in OpenMP otherwise), no launcher variables inherited."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    env.update(CUDA_VISIBLE_DEVICES="", DS_ACCELERATOR="cpu", PYTHONPATH=str(ROOT))
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return env
+
+
 def metrics_files(runs_dir: Path) -> list[Path]:
     return sorted(Path(runs_dir).rglob("metrics.json"))
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from runner import ROOT, TINY_RUN, metrics_files, train_in_process
+from runner import ROOT, TINY_RUN, deepspeed_cpu_env, metrics_files, train_in_process
 
 pytest.importorskip("deepspeed")
 
@@ -35,14 +35,6 @@ LOSS_TOL = 1e-4  # measured agreement: ~1e-6
 WEIGHT_TOL = 1e-4  # max |a - b| / max |b| per tensor of the merged model; measured ~5e-6
 
 
-def _env() -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    env.update(CUDA_VISIBLE_DEVICES="", DS_ACCELERATOR="cpu", PYTHONPATH=str(ROOT))
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -50,7 +42,7 @@ def _free_port() -> int:
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+    result = subprocess.run(cmd, cwd=ROOT, env=deepspeed_cpu_env(), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-5000:])
     return result
 
@@ -66,14 +58,6 @@ def deepspeed_launcher(*args: str) -> subprocess.CompletedProcess:
 
 def _cli(runs_dir: Path, overrides: list[str]) -> list[str]:
     return ["-m", "mora.train", *TINY_RUN, f"paths.runs_dir={runs_dir}", *overrides]
-
-
-@pytest.fixture(scope="module")
-def shm_op():
-    """DeepSpeed's CPU comm op compiles on first use (~1 min, once per machine): build it once here
-    rather than in two racing ranks."""
-    code = "import importlib; importlib.import_module('deepspeed.comm.torch').build_shm_op()"
-    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), check=True, capture_output=True, timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +203,7 @@ def test_zero2_resume_loads_its_shards_weights_only_and_refuses_a_crafted_one(ru
     marker = tmp_path / "ran"
     torch.save({"optimizer_state_dict": _Payload(marker)}, shard)
     refused = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *cli],
-                             cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+                             cwd=ROOT, env=deepspeed_cpu_env(), capture_output=True, text=True, timeout=900)
     assert refused.returncode != 0
     assert "global_step3/zero_pp_rank_0_mp_rank_00_optim_states.pt would call os.makedirs" in refused.stderr, refused.stderr[-3000:]
     assert not marker.exists()

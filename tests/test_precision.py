@@ -136,3 +136,33 @@ def test_bf16_base_run_follows_the_fp32_run(tmp_path, method):
     assert len(a) == len(b) == 6 and a[-1] < a[0] - 0.1
     gaps = [abs(x - y) / x for x, y in zip(a, b)]
     assert max(gaps) < LOSS_TOLERANCE, (a, b)
+
+
+def _fft_cells():
+    """(spec, section, experiment, row overrides) for every FFT row of every artifact spec."""
+    import yaml
+
+    from runner import ROOT
+
+    for spec in sorted((ROOT / "experiments").glob("*.yaml")):
+        for name, section in yaml.safe_load(spec.read_text()).items():
+            if not isinstance(section, dict) or "rows" not in section:
+                continue
+            experiments = [section["experiment"]] if "experiment" in section else []
+            experiments += [g["experiment"] for g in (section.get("groups") or {}).values()]
+            for row in section["rows"]:
+                if "method=fft" in row.get("overrides", []):
+                    for experiment in experiments:
+                        yield spec.stem, name, experiment, row["overrides"]
+
+
+@pytest.mark.parametrize("spec,section,experiment,overrides", list(_fft_cells()))
+def test_every_fft_cell_of_the_specs_trains_fp32_weights(spec, section, experiment, overrides):
+    """A spec's FFT row on a bf16 checkpoint (LLaMA-2 7B) must load it in fp32 (or use DeepSpeed bf16):
+    otherwise the run would be refused at launch time, not when the grid is planned."""
+    cfg = compose([f"experiment={experiment}", *overrides])
+    dtype = cfg.model.network.get("dtype", "float32")
+    ds = OmegaConf.to_container(cfg.train.deepspeed) if cfg.train.deepspeed else None
+    assert dtype in ("float32", "float64") or deepspeed_keeps_fp32_master(ds, cfg.train.precision), (
+        f"{spec}.yaml {section}: FFT on {experiment} trains {dtype} weights with no fp32 master"
+    )

@@ -52,11 +52,52 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+def several_processes() -> bool:
+    """A process group of more than one process is up."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def barrier() -> None:
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if several_processes():
         dist.barrier()
+
+
+def collective_device():
+    """Where a tensor must live for the process group's collectives: the process's GPU under NCCL,
+    else the CPU (gloo)."""
+    import torch
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def agreed_max(value: int) -> int:
+    """The largest `value` over all processes (one small all-reduce; the value itself alone)."""
+    import torch
+    import torch.distributed as dist
+
+    if not several_processes():
+        return value
+    tensor = torch.tensor([value], dtype=torch.long, device=collective_device())
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
+def all_ranks(value: Any) -> list[Any]:
+    """`value` of every process, in rank order ([value] for one process)."""
+    import torch.distributed as dist
+
+    if not several_processes():
+        return [value]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
 
 
 def shutdown() -> None:
@@ -200,7 +241,8 @@ def keeping_optimizer(trainer_cls):
     calls `create_optimizer()` (a default AdamW over two groups), and the scheduler is then rebuilt by
     `create_scheduler()`. Here both return the run's own: DeepSpeed's ZeRO optimizer wraps that AdamW,
     keeping one flat partition per parameter group (so LoRA+ ratios survive), and the LambdaLR keeps
-    scaling the same param_group dicts ZeRO reads its learning rates from."""
+    scaling the same param_group dicts ZeRO reads its learning rates from. Each checkpoint's weights
+    are written once, by DeepSpeed (`save_model`)."""
 
     class KeepOptimizer(trainer_cls):
         def __init__(self, *args, optimizers, **kwargs):
@@ -216,6 +258,16 @@ def keeping_optimizer(trainer_cls):
             if self.lr_scheduler is None:
                 self.lr_scheduler = self._run_scheduler
             return super().create_scheduler(num_training_steps, optimizer)
+
+        def save_model(self, output_dir=None, _internal_call=False):
+            # A checkpoint's weights are in the DeepSpeed checkpoint written right after this call
+            # (`_save_optimizer_and_scheduler`), which is all a resume reads. Left alone, the Trainer
+            # first writes a 16-bit copy of the whole model here (ZeRO-1/2) or, under ZeRO-3 without
+            # stage3_gather_16bit_weights_on_model_save, that same DeepSpeed checkpoint a first time:
+            # a 7B FFT checkpoint (~95 GB) written twice. The run's model is saved by mora.train.
+            if _internal_call:
+                return None
+            return super().save_model(output_dir, _internal_call)
 
     KeepOptimizer.__name__ = KeepOptimizer.__qualname__ = f"{trainer_cls.__name__}KeepingOptimizer"
     return KeepOptimizer

@@ -11,25 +11,18 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-
 from .callbacks import last_complete_checkpoint
+from .distributed import agreed_max
 
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss; mora.train records the run as failed."""
 
 
-def _nonfinite_anywhere(value: float, device: torch.device) -> bool:
+def _nonfinite_anywhere(value: float) -> bool:
     """True if this process's loss, or any other process's, is not finite (all processes agree, so
     all of them stop together instead of the healthy ones waiting forever in the next collective)."""
-    bad = not math.isfinite(value)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        flag = torch.tensor([float(bad)], device=device)
-        dist.all_reduce(flag)
-        bad = flag.item() > 0
-    return bad
+    return agreed_max(int(not math.isfinite(value))) > 0
 
 
 def stopping_on_nonfinite_loss(trainer_cls):
@@ -39,7 +32,7 @@ def stopping_on_nonfinite_loss(trainer_cls):
         def training_step(self, *args, **kwargs):
             loss = super().training_step(*args, **kwargs)
             value = loss.detach().float().sum().item()
-            if _nonfinite_anywhere(value, loss.device):
+            if _nonfinite_anywhere(value):
                 step = self.state.global_step + 1
                 kept = last_complete_checkpoint(Path(self.args.output_dir))
                 raise NonFiniteLossError(

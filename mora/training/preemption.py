@@ -12,6 +12,13 @@ complete checkpoint and stops; `mora.train` records the run as `interrupted` and
 Either way nothing is lost beyond the step in flight, and a run resumed this way ends with the
 metrics of one that never stopped (tests/test_slurm.py checks it on a real Slurm).
 
+Several processes (torchrun, the deepspeed launcher) stop together: a signal that reaches one of
+them, or reaches them at different steps, stops all at the end of the same step (they agree on it at
+every step's end), every rank writes its part of the checkpoint, and each exits once rank 0 has
+recorded the run. torchrun forwards a SIGTERM it gets to its workers and kills them
+`--shutdown-timeout` seconds later (default 30): the step in flight and the checkpoint must fit in
+that, else signal the workers themselves (tests/test_deepspeed.py sends SIGTERM to one rank).
+
 Ctrl-C (SIGINT) stops the same way, but for good: exit status 130 and no requeue; the same command
 run again resumes. A second Ctrl-C stops at once (KeyboardInterrupt); `mora.train` then deletes the
 checkpoint it may have cut short, so a relaunch resumes from the last complete one
@@ -29,6 +36,8 @@ import threading
 from typing import Iterator
 
 from transformers import TrainerCallback
+
+from .distributed import agreed_max, barrier
 
 log = logging.getLogger("mora")
 
@@ -61,6 +70,8 @@ class RunInterrupted(BaseException):
     def exit(self) -> None:
         """Leave the process so that the job comes back: submitit's requeue, else exit status 75; after
         Ctrl-C, exit status 130 and no requeue."""
+        barrier()  # several processes: none leaves (and makes its launcher stop the rest) before rank 0 has
+        # recorded the run as interrupted
         if self.by_user:
             sys.exit(EXIT_CTRL_C)
         sig = _submitit_signal()
@@ -112,6 +123,14 @@ class GracefulStop(TrainerCallback):
             self._previous.clear()
 
     def on_step_end(self, args, state, control, **kwargs):
+        # Several processes stop together: a signal may reach one rank only (or ranks at different
+        # steps), and a rank that saved and left while the others went on into the next step's
+        # collectives would hang them all. Every step, all agree on the strongest signal any has seen.
+        agreed = agreed_max(self.received or 0)
+        if agreed and self.received is None:
+            self.received = agreed
+            log.warning("another process caught %s: saving a checkpoint at the end of this step, then stopping",
+                        signal.Signals(agreed).name)
         if self.received is not None and self.stopped_at is None and state.global_step < state.max_steps:
             self.stopped_at = state.global_step
             control.should_log = True  # the loss since the last log is not lost

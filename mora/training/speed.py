@@ -86,7 +86,8 @@ def _sync() -> None:
 class Throughput(TrainerCallback):
     """Times optimizer steps after `warmup` of them (compilation and allocator warm-up stay out) and
     writes `metrics["throughput"]`: steps timed, seconds per step, tokens per second (every token of
-    every micro-batch, padding included: what the accelerator processed) and peak memory in GiB."""
+    every micro-batch of every process, padding included: what the accelerators processed) and peak
+    memory in GiB (rank 0's; with several processes also `peak_memory_gib_per_rank`)."""
 
     def __init__(self, metrics: dict[str, Any], warmup: int = 1):
         self.metrics = metrics
@@ -118,5 +119,17 @@ class Throughput(TrainerCallback):
             "last_step_seconds": self.recent,
             "seconds_per_step": self.seconds / timed,
             "tokens_per_second": self.tokens / self.seconds if self.seconds else None,
-            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+            "peak_memory_gib": _peak_memory_gib(),
         }
+
+    def on_train_end(self, args, state, control, **kwargs):
+        """Several processes: every rank's peak, in rank order (`peak_memory_gib` is rank 0's)."""
+        from .distributed import all_ranks
+
+        peaks = all_ranks(_peak_memory_gib())
+        if len(peaks) > 1 and "throughput" in self.metrics:
+            self.metrics["throughput"]["peak_memory_gib_per_rank"] = peaks
+
+
+def _peak_memory_gib() -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None

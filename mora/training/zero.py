@@ -28,6 +28,7 @@ from torch import nn
 
 from ..adapters import adapter_layers, merge_and_reinit, reset_optimizer_state, restart_parameters
 from ..adapters.optim import check_reset_mode, prune_moment_
+from .distributed import collective_device, several_processes
 
 
 class ResetMissedError(RuntimeError):
@@ -47,9 +48,7 @@ def _process_group():
     """torch.distributed when more than one process trains, else None."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return dist
-    return None
+    return dist if several_processes() else None
 
 
 def _gathered(params: list[nn.Parameter], modifier_rank: int | None):
@@ -76,12 +75,6 @@ def moment_keys(optimizer: Any) -> list[str]:
     for state in _innermost_optimizer(optimizer).state.values():
         keys.update(k for k, v in state.items() if torch.is_tensor(v) and v.dim() >= 1)
     return sorted(keys)
-
-
-def _device() -> torch.device:
-    from deepspeed.accelerator import get_accelerator
-
-    return torch.device(get_accelerator().current_device_name())
 
 
 def _local_slice(param: nn.Parameter, full: torch.Tensor) -> torch.Tensor:
@@ -209,7 +202,7 @@ def _restart_sharded(model: nn.Module, optimizer: Any, mode: str, keep: float) -
                 names.append(f"{name}.{pname}")
                 reached.append(int(holds))
         # ZeRO-3: leaving the block broadcasts rank 0's full tensors and re-partitions the 16-bit shards.
-    counts = torch.tensor(reached, dtype=torch.long, device=_device())
+    counts = torch.tensor(reached, dtype=torch.long, device=collective_device() if group is not None else "cpu")
     if group is not None and counts.numel():
         group.all_reduce(counts)
     missed = [n for n, c in zip(names, counts.tolist()) if c == 0]
