@@ -90,8 +90,7 @@ def grid_cells(spec: Spec, sections: list[Section], runs_dir: str | Path, extra:
                     if run.path in cells:
                         cells[run.path].scores += [m for m in scores if m not in cells[run.path].scores]
                         continue
-                    parts = [row.label + (f" (r={row.rank})" if row.rank is not None and f"r={row.rank}" not in row.label else "")]
-                    parts += [group.title] if len(section.groups) > 1 else []
+                    parts = [row.name] + ([group.title] if len(section.groups) > 1 else [])
                     parts += [candidate.describe()] + ([f"seed {run.seed}"] if len(section.seeds) > 1 else [])
                     cells[run.path] = Cell(" | ".join(parts), run, {"section": section.name, "row": row.label,
                                            "group": group.name, "seed": run.seed, "lr": candidate.lr, **candidate.sweep},
@@ -117,7 +116,7 @@ def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
 
-def print_plan(cells: list[Cell], todo: list[Cell], resources: str, gpus: int) -> None:
+def print_plan(cells: list[Cell], todo: list[Cell], resources: str, gpus: int, limit_min: int | None = None) -> None:
     """The summary first (what runs, on what, for how long), then one line per run."""
     skipped = [c for c in cells if c not in todo]
     counts = {s: sum(c.status == s for c in cells) for s in (STATUS_COMPLETED, "queued", "stale")}
@@ -130,9 +129,13 @@ def print_plan(cells: list[Cell], todo: list[Cell], resources: str, gpus: int) -
         sources = " and ".join(sorted({c.estimate.source for c in known}))
         print(f"  expected: {_hours(total)} of run time for {len(known)} of {len(todo)} runs (from {sources})"
               + (f" = {total * gpus / 3600:.1f} GPU-hours" if gpus else ""))
+    longer = [c for c in known if limit_min and c.estimate.seconds > limit_min * 60]
+    if longer:
+        print(f"  {len(longer)} runs are expected to outlast the time limit: each checkpoints before it, is requeued "
+              "and resumes (conf/launcher: timeout_min, max_num_timeout)")
     if len(known) < len(todo):
-        print(f"  no estimate for {len(todo) - len(known)} runs: no finished run like them in the store, no step time in "
-              "bench/cost.yaml, or epoch-based (their step count is known once their data is loaded)")
+        print(f"  no estimate for {len(todo) - len(known)} runs: no finished run like them in the store, and no step time "
+              "and step count for them in bench/cost.yaml")
     for cell in skipped:
         why = "finished" if cell.status == STATUS_COMPLETED else cell.detail or cell.status
         print(f"skip    {cell.label}  [{why}]  {cell.path}")
@@ -285,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         resources = resources_text(settings) + f" (conf/launcher/{config}.yaml)"
         gpus = int(settings.get("gpus_per_node") or 0) * int(settings.get("nodes") or 1)
-    print_plan(cells, todo, resources, gpus)
+    print_plan(cells, todo, resources, gpus, settings.get("timeout_min"))
     if not todo:
         print("nothing to launch: submitted 0 jobs")
         return 0
