@@ -68,10 +68,11 @@ REPORT_ARGS ?=
 ARTIFACTS   := table1 table2 table3 table4 fig2 fig3 fig4 fig5
 REPRODUCE   := $(addprefix reproduce-,$(ARTIFACTS))
 _OVERRIDES   = $(foreach o,$(OVERRIDES),--override $(o))
-# $(call reproduce,artifact,section): launch, then render even if some runs failed; fail if either did
+# $(call reproduce,artifact,section): launch, then render even if some runs failed; fail if either did.
+# A dry run (LAUNCH_ARGS=--dry-run) or a sweep listing (--sweep) only prints: no report, no wandb run.
 reproduce = $(PY) -m mora.launch experiments/$(1).yaml --section $(2) --launcher $(LAUNCHER) --jobs $(JOBS) \
-	$(_OVERRIDES) $(LAUNCH_ARGS); rc=$$?; \
-	$(PY) -m mora.report experiments/$(1).yaml --section $(2) $(_OVERRIDES) $(REPORT_ARGS) || rc=$$?; exit $$rc
+	$(_OVERRIDES) $(LAUNCH_ARGS)$(if $(filter --dry-run --sweep,$(LAUNCH_ARGS)),,; rc=$$?; \
+	$(PY) -m mora.report experiments/$(1).yaml --section $(2) $(_OVERRIDES) $(REPORT_ARGS) || rc=$$?; exit $$rc)
 
 .PHONY: $(REPRODUCE) $(addsuffix -mini,$(REPRODUCE)) test-slurm slurm-up slurm-down
 

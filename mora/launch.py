@@ -1,34 +1,25 @@
 """Launch a paper artifact's grid: expand it into runs, skip the finished ones, run the rest locally or on Slurm.
 
-    python -m mora.launch experiments/table2.yaml --section mini                      # here, one run after another
+    python -m mora.launch experiments/table2.yaml --section mini --jobs 2             # here: a work queue of 2
     python -m mora.launch experiments/table1.yaml --section paper --launcher slurm    # one Slurm array job (submitit)
     python -m mora.launch experiments/table1.yaml --section paper --launcher sbatch   # the same, plain sbatch
-    python -m mora.launch experiments/table1.yaml --section paper --dry-run           # what would run, and what not
+    python -m mora.launch experiments/table1.yaml --section paper --dry-run           # the plan: runs, resources, cost
+    python -m mora.launch experiments/table1.yaml --section paper --sweep             # the grid as Hydra multiruns
 
-The grid is the artifact spec's (experiments/*.yaml, format in mora/report.py): every row x column
-group x learning rate of its grid x other swept hyperparameters x seed is one run, with exactly the
-overrides `python -m mora.report` composes for that cell, so the run lands where the report looks.
-Each run's id comes from its composed config (mora.runs); a run whose metrics.json says `completed`
-is skipped and listed; a failed, interrupted or half-done one is launched again (and resumes from
-its last complete checkpoint), and so is one that trained but lacks a benchmark score the table
-reads (mora.train then only scores it). On Slurm, tasks of an earlier launch still queued or running
-are left alone too. Relaunching a finished grid launches nothing. A stale run (recorded by code whose
-results version has been bumped since, or stored under an older id scheme: docs/results_store.md) is
-listed and skipped; `--rerun-stale` trains those again (mora.train moves the old record to
-<experiment>/.stale/ first; nothing is deleted).
+Every row x column group x grid point x seed of the spec's section (docs/artifacts.md) is one run, with
+exactly the overrides `mora.report` composes for that cell, so the run lands where the report looks.
+Finished runs are skipped and listed; failed, interrupted, half-done or trained-but-unscored ones are
+launched again (they resume; mora.train then only scores what is missing); Slurm tasks of an earlier
+launch still queued are left alone; stale runs (docs/results_store.md) are listed, and trained again
+with `--rerun-stale`. The plan comes first (runs, resources per run, expected time and GPU-hours);
+`--dry-run` prints it and the commands and writes nothing. Runs a launch starts get `artifact=<spec's>`,
+their wandb group.
 
-What gets written, under <runs-dir>/.launch/<artifact>-<section>-<time>/:
-  manifest.txt   one line of Hydra overrides per task (task i = line i); what the array job runs
-  cells.json     the same cells with labels and run ids
-  logs/          Slurm task logs (sbatch); .submitit/ (submitit); local/ or local-<k>/train.log (--jobs N)
-
-Launchers:
-  local        Hydra multirun here (hydra/sweeper=manifest, basic launcher); --jobs N splits it in N processes
-  slurm        Hydra multirun through hydra-submitit-launcher (conf/launcher/slurm.yaml): one array job;
-               waits for it (submitit does). Any conf/launcher/<name>.yaml works: slurm_cpu for CPU nodes
-  sbatch       slurm/array.sbatch over the manifest: sbatch --array=0-(N-1)%P; waits unless --no-wait
-Every Slurm task that gets SIGTERM (preemption, time limit, scancel --signal=TERM) saves a checkpoint
-and is requeued; it resumes where it stopped (mora/training/preemption.py).
+Launchers (docs/launching.md): `local`, a work queue here (--jobs N workers, longest expected run
+first, a live progress line); `slurm` (or any conf/launcher/ config, e.g. slurm_cpu), one array job
+through hydra-submitit-launcher; `sbatch`, slurm/array.sbatch over the manifest with the resources of
+conf/launcher/<--resources>.yaml. Written under <runs-dir>/.launch/<artifact>-<section>-<time>/:
+manifest.txt (task i = line i), cells.json, logs/.
 """
 
 from __future__ import annotations
@@ -36,298 +27,136 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
-import shutil
+import signal
 import subprocess
 import sys
-import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .report import CONF_DIR, Composer, candidates_for, load_spec, lookup
-from .runs import OLD_SCHEME, STATUS_COMPLETED, read_json, stale_reason
-
-ROOT = Path(__file__).resolve().parent.parent
-SBATCH_TEMPLATE = ROOT / "slurm" / "array.sbatch"
-COMMENT_PREFIX = "mora-launch:"
-ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
-                 "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "PREEMPTED"}
+from .artifacts import CONF_DIR, Composer, Run, Spec, Store, expand as expand_grid, load_spec, lookup, train_command
+from .artifacts.grid import shared_overrides
+from .artifacts.spec import Section, lr_candidates
+from .launching.cost import Costs, Estimate
+from .launching.queue import Job, run_queue
+from .launching.slurm import (hydra_string, in_flight, job_state_lines, launcher_settings, resources_text, run_sbatch,
+                              run_submitit, sbatch_command, slurm_available, train_multirun, wait_until_gone)
+from .runs import STATUS_COMPLETED
 
 
 @dataclass
 class Cell:
-    """One run of the grid."""
+    """One run of the grid, with its place in the spec and its status in the store."""
 
     label: str
-    experiment: str
-    run_id: str
-    path: str
-    overrides: list[str]
+    run: Run
+    extra: dict[str, Any]
+    headline: str  # the metric a finished run's console line shows
+    scores: list[str] = field(default_factory=list)  # benchmark scores the report reads from this run
     status: str = "missing"  # completed | unscored | running | interrupted | failed | missing | stale | queued (on Slurm)
     detail: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-    scores: list[str] = field(default_factory=list)  # benchmark scores the report reads from this run
-    versions: dict[str, int] = field(default_factory=dict)  # the results versions the current code gives it
-    legacy: str = ""  # its directory under an older id scheme, when only that exists
+    estimate: Estimate | None = None
+
+    path = property(lambda self: self.run.path)
+    run_id = property(lambda self: self.run.run_id)
+    experiment = property(lambda self: self.run.composed.experiment)
+    overrides = property(lambda self: self.run.overrides)
+    versions = property(lambda self: self.run.composed.versions)
+
+    def refresh(self, reload: bool = True) -> "Cell":
+        self.status, self.detail = (self.run.load() if reload else self.run).status(self.scores)
+        return self
 
 
-# ---------------------------------------------------------------------------------------------
-# the grid
-
-
-def _label(row, group, candidate, seed, section) -> str:
-    parts = [row.label + (f" (r={row.rank})" if row.rank is not None and f"r={row.rank}" not in row.label else "")]
-    if len(section.groups) > 1:
-        parts.append(group.label or group.name)
-    parts.append(candidate.describe())
-    if len(section.seeds) > 1:
-        parts.append(f"seed {seed}")
-    return " | ".join(parts)
+def grid_cells(spec: Spec, sections: list[Section], runs_dir: str | Path, extra: list[str] = (),
+               conf_dir: Path = CONF_DIR) -> list[Cell]:
+    """Every run of the sections, each once (cells shared by two rows are one run), checked as mora.train
+    would check it and with its status in the store. Raises ValueError, naming what to fix."""
+    cells: dict[Path, Cell] = {}
+    costs = Costs(runs_dir)
+    with Composer(conf_dir) as composer:
+        for section in sections:
+            for slot in expand_grid(spec, section, Store(Path(runs_dir), composer), list(extra)):
+                group, row = slot.group, slot.row
+                columns = [c for c in section.columns if c.group == group.name]
+                scores = [c.metric for c in columns if c.step is None and c.metric != "train_loss"]
+                rule = group.select or section.select or spec.select or {}
+                for candidate, run in slot.runs():
+                    composer.check(run.overrides, spec.where(section.name, row.label, group.name))
+                    if run.path in cells:
+                        cells[run.path].scores += [m for m in scores if m not in cells[run.path].scores]
+                        continue
+                    parts = [row.name] + ([group.title] if len(section.groups) > 1 else [])
+                    parts += [candidate.describe()] + ([f"seed {run.seed}"] if len(section.seeds) > 1 else [])
+                    cells[run.path] = Cell(" | ".join(parts), run, {"section": section.name, "row": row.label,
+                                           "group": group.name, "seed": run.seed, "lr": candidate.lr, **candidate.sweep},
+                                           rule.get("metric") or columns[0].metric, list(scores))
+                    composed = run.composed
+                    cells[run.path].estimate = costs.estimate(composed.experiment, composed.config, composed.identity)
+    return [cell.refresh(reload=False) for cell in cells.values()]
 
 
 def expand(spec_path: str | Path, sections: list[str], runs_dir: str | Path, extra: list[str] | None = None,
            conf_dir: Path = CONF_DIR) -> list[Cell]:
-    """Every run of the requested sections, each once (cells shared by two rows are one run), with its
-    status in the results store. Raises ValueError, naming what to fix, if any cell does not compose."""
     spec = load_spec(spec_path, conf_dir)
-    for name in sections:
-        if name not in spec.sections:
-            raise ValueError(f"{spec.path}: no section {name!r}; it has {sorted(spec.sections)} (--section)")
-    runs_dir = Path(runs_dir)
-    cells: dict[tuple[str, str], Cell] = {}
-    with Composer(conf_dir) as composer:
-        for name in sections:
-            section = spec.sections[name]
-            for row in section.rows:
-                for group in section.groups.values():
-                    # scores a benchmark adds after training (not eval steps, not the loss curve)
-                    scores = [c.metric for c in section.columns
-                              if c.group == group.name and c.step is None and c.metric != "train_loss"]
-                    for candidate in candidates_for(spec, section, row, group, composer, runs_dir, list(extra or [])):
-                        for run in candidate.runs:
-                            key = (run["path"].parent.name, run["run_id"])
-                            if key in cells:
-                                cells[key].scores += [m for m in scores if m not in cells[key].scores]
-                                continue
-                            cells[key] = Cell(
-                                label=_label(row, group, candidate, run["seed"], section),
-                                experiment=run["path"].parent.name,
-                                run_id=run["run_id"],
-                                path=str(run["path"]),
-                                overrides=list(run["overrides"]),
-                                extra={"section": name, "row": row.label, "group": group.name, "seed": run["seed"],
-                                       "lr": candidate.lr, **{k: v for k, v in candidate.sweep.items()}},
-                                scores=list(scores),
-                                versions=run["versions"],
-                                legacy=str(run["legacy"] or ""),
-                            )
-    out = list(cells.values())
-    check_cells(out, spec.path, conf_dir)
-    for cell in out:
-        refresh(cell)
-    return out
+    return grid_cells(spec, [spec.section(name) for name in sections], runs_dir, extra or [], conf_dir)
 
 
-def check_cells(cells: list[Cell], where: Path, conf_dir: Path = CONF_DIR) -> None:
-    """What `mora.train` would reject before training, checked for every cell before anything runs:
-    the method's options (unknown method, kind, option; bad values), the batch arithmetic and every
-    key (mora.schema). Configs are composed once per set of config-group choices; plain values
-    (method.r=8) are applied to a copy, as Hydra applies them."""
-    import copy
-
-    from hydra import compose, initialize_config_dir
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import OverrideType
-    from omegaconf import OmegaConf
-
-    from .adapters import config_from_dict
-    from .schema import check_config
-
-    parser = OverridesParser.create()
-    composed: dict[tuple[str, ...], Any] = {}
-    seen: set[tuple[str, ...]] = set()
-    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-        for cell in cells:
-            key = tuple(o for o in cell.overrides if not o.startswith(("train.lr=", "seed=")))
-            if key in seen:
-                continue
-            seen.add(key)
-            try:
-                parsed = parser.parse_overrides(list(key))
-                values = [o for o in parsed if o.type == OverrideType.CHANGE and o.package is None
-                          and "." in o.key_or_group and not o.key_or_group.startswith("hydra.")]
-                structural = tuple(o.input_line for o in parsed if o not in values)
-                if structural not in composed:
-                    composed[structural] = compose(config_name="config", overrides=list(structural))
-                cfg = copy.deepcopy(composed[structural])
-                for o in values:
-                    OmegaConf.update(cfg, o.key_or_group, o.value(), merge=True)
-                container = OmegaConf.to_container(cfg, resolve=True)
-                config_from_dict(container["method"])
-                train = container["train"]
-                if train["batch_size"] % train["micro_batch_size"]:
-                    raise ValueError(f"train.batch_size={train['batch_size']} is not a multiple of "
-                                     f"train.micro_batch_size={train['micro_batch_size']}")
-                check_config(cfg)
-            except Exception as exc:
-                raise ValueError(
-                    f"{where}: cell {cell.label!r} ({' '.join(cell.overrides)}) is not a valid run: "
-                    f"{type(exc).__name__}: {exc}\nfix the spec's overrides (or --override) before launching"
-                ) from None
+def to_launch(cells: list[Cell], rerun_stale: bool) -> list[Cell]:
+    """The cells to run: everything not finished and not queued; stale ones only when asked."""
+    skip = {STATUS_COMPLETED, "queued"} | (set() if rerun_stale else {"stale"})
+    return [c for c in cells if c.status not in skip]
 
 
-def refresh(cell: Cell) -> Cell:
-    """The cell's status from its metrics.json. A run that finished training but lacks a score the
-    report reads (its evaluation failed or was cut short) is `unscored`: launched again, mora.train
-    skips the training and scores it. A run recorded by other code, or found only under an older id
-    scheme, is `stale`, whatever its status."""
-    metrics_path = Path(cell.path) / "metrics.json"
-    cell.status, cell.detail = "missing", ""
-    if not metrics_path.is_file():
-        if cell.legacy:
-            cell.status, cell.detail = "stale", f"{OLD_SCHEME}: {cell.legacy} (python -m mora.runs migrate re-keys it)"
-        return cell
-    try:
-        metrics = read_json(metrics_path)
-    except (OSError, ValueError):
-        return cell
-    reason = stale_reason(metrics, cell.versions)
-    if reason:
-        cell.status, cell.detail = "stale", f"stale ({metrics.get('status')}): {reason}"
-        return cell
-    cell.status = metrics.get("status") or "missing"
-    if metrics.get("error"):  # a failed run says why (e.g. the step its loss went NaN)
-        cell.detail = f"{cell.status}: {metrics['error']}"
-    if cell.status == STATUS_COMPLETED:
-        missing = [m for m in cell.scores if lookup(metrics, m) is None]
-        if missing:
-            cell.status, cell.detail = "unscored", "trained, not scored: " + ", ".join(missing)
-    return cell
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
 
-# ---------------------------------------------------------------------------------------------
-# Slurm helpers
+def print_plan(cells: list[Cell], todo: list[Cell], resources: str, gpus: int, limit_min: int | None = None) -> None:
+    """The summary first (what runs, on what, for how long), then one line per run."""
+    skipped = [c for c in cells if c not in todo]
+    counts = {s: sum(c.status == s for c in cells) for s in (STATUS_COMPLETED, "queued", "stale")}
+    print(f"grid: {len(cells)} runs; {counts[STATUS_COMPLETED]} finished, {counts['queued']} queued on Slurm, "
+          f"{counts['stale']} stale: skipped {len(skipped)}; launching {len(todo)}")
+    print(f"  each run: {resources}")
+    known = [c for c in todo if c.estimate and c.estimate.seconds is not None]
+    total = sum(c.estimate.seconds for c in known)
+    if known:
+        sources = " and ".join(sorted({c.estimate.source for c in known}))
+        print(f"  expected: {_hours(total)} of run time for {len(known)} of {len(todo)} runs (from {sources})"
+              + (f" = {total * gpus / 3600:.1f} GPU-hours" if gpus else ""))
+    longer = [c for c in known if limit_min and c.estimate.seconds > limit_min * 60]
+    if longer:
+        print(f"  {len(longer)} runs are expected to outlast the time limit: each checkpoints before it, is requeued "
+              "and resumes (conf/launcher: timeout_min, max_num_timeout)")
+    if len(known) < len(todo):
+        print(f"  no estimate for {len(todo) - len(known)} runs: no finished run like them in the store, and no step time "
+              "and step count for them in bench/cost.yaml")
+    for cell in skipped:
+        why = "finished" if cell.status == STATUS_COMPLETED else cell.detail or cell.status
+        print(f"skip    {cell.label}  [{why}]  {cell.path}")
+    for cell in todo:
+        why = cell.detail or {"missing": "not started", "running": "started earlier, not queued: resumes"}.get(cell.status, cell.status)
+        guess = f"  (~{_hours(cell.estimate.seconds)})" if cell.estimate and cell.estimate.seconds else ""
+        print(f"launch  {cell.label}  [{why}]  {cell.path}{guess}")
+    if counts["stale"] and any(c.status == "stale" for c in skipped):
+        print("stale runs are listed, not launched: --rerun-stale trains them again (their records move to "
+              "<experiment>/.stale/)")
+    sys.stdout.flush()
 
 
-def slurm_available() -> bool:
-    return shutil.which("squeue") is not None and shutil.which("sbatch") is not None
-
-
-def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, **kwargs)
-
-
-def queued_tasks() -> list[dict[str, str]]:
-    """Array tasks of mora launches that Slurm still holds: [{job, task, state, comment, time}]."""
-    if not slurm_available():
-        return []
-    proc = _run(["squeue", "-h", "-r", "-o", "%i|%T|%M|%k"], timeout=60)
-    if proc.returncode:
-        return []
-    out = []
-    for line in proc.stdout.splitlines():
-        parts = line.split("|", 3)
-        if len(parts) != 4 or not parts[3].startswith(COMMENT_PREFIX):
-            continue
-        job, state, elapsed, comment = parts
-        task = job.split("_", 1)[1] if "_" in job else "0"
-        out.append({"job": job, "task": task, "state": state, "time": elapsed, "comment": comment})
-    return out
-
-
-def mark_in_flight(cells: list[Cell]) -> None:
-    """Cells that a still-queued or running task of an earlier launch will produce: status `queued`."""
-    by_path = {c.path: c for c in cells}
-    for task in queued_tasks():
-        if task["state"] not in ACTIVE_STATES:
-            continue
-        launch_dir = Path(task["comment"][len(COMMENT_PREFIX):])
-        try:
-            earlier = json.loads((launch_dir / "cells.json").read_text())["cells"]
-            path = earlier[int(task["task"])]["path"]
-        except (OSError, ValueError, KeyError, IndexError):
-            continue
-        cell = by_path.get(path)
-        if cell is not None and cell.status != STATUS_COMPLETED:
-            cell.status = "queued"
-            cell.detail = f"Slurm task {task['job']} {task['state']}"
-
-
-def wait_until_gone(job_ids: set[str], timeout: float = 60.0) -> None:
-    """Results can be on disk while Slurm still winds the tasks down (COMPLETING): wait for that."""
-    deadline = time.time() + timeout
-    while job_ids and time.time() < deadline:
-        q = _run(["squeue", "-h", "-j", ",".join(sorted(job_ids)), "-o", "%i"], timeout=60)
-        if q.returncode or not q.stdout.strip():
-            return
-        time.sleep(1)
-
-
-def job_state_lines(job_id: str) -> list[str]:
-    """One line per array task (and per earlier attempt of a requeued one): from sacct when accounting
-    is on, else from scontrol (which keeps finished jobs for MinJobAge seconds)."""
-    if shutil.which("sacct"):
-        proc = _run(["sacct", "-n", "-X", "-D", "-P", "-j", job_id, "-o", "JobID,JobName,State,ExitCode,Elapsed,NodeList"],
-                    timeout=60)
-        if proc.returncode == 0 and proc.stdout.strip():
-            return ["sacct: " + line.replace("|", "  ") for line in proc.stdout.splitlines()]
-    proc = _run(["scontrol", "-o", "show", "job", job_id], timeout=60)
-    lines = []
-    for record in proc.stdout.splitlines():
-        fields = dict(f.split("=", 1) for f in record.split() if "=" in f)
-        task = fields.get("ArrayTaskId")
-        lines.append(
-            "job " + (f"{fields.get('ArrayJobId')}_{task}" if task else fields.get("JobId", "?"))
-            + f"  {fields.get('JobState', '?')}  exit {fields.get('ExitCode', '?')}  restarts {fields.get('Restarts', '?')}"
-            + f"  runtime {fields.get('RunTime', '?')}  node {fields.get('NodeList', '?')}"
-        )
-    return lines
-
-
-class QueueWatcher(threading.Thread):
-    """Prints the squeue state of this launch's tasks whenever it changes (a thread, while we wait)."""
-
-    def __init__(self, comment: str, interval: float = 2.0):
-        super().__init__(daemon=True)
-        self.comment, self.interval = comment, interval
-        self.stop = threading.Event()
-        self.job_ids: set[str] = set()
-
-    def run(self) -> None:
-        last = None
-        while not self.stop.is_set():
-            tasks = [t for t in queued_tasks() if t["comment"] == self.comment]
-            for t in tasks:
-                self.job_ids.add(t["job"].split("_", 1)[0])
-            now = sorted((t["job"], t["state"]) for t in tasks)
-            if now != last and tasks:
-                if len(now) <= 8:
-                    summary = ", ".join(f"{job} {state}" for job, state in now)
-                else:
-                    counts: dict[str, int] = {}
-                    for _, state in now:
-                        counts[state] = counts.get(state, 0) + 1
-                    summary = f"{len(now)} tasks: " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-                print(f"[squeue {time.strftime('%H:%M:%S')}] {summary}", flush=True)
-            last = now
-            self.stop.wait(self.interval)
-
-
-# ---------------------------------------------------------------------------------------------
-# launching
-
-
-def launch_dir_for(runs_dir: Path, spec_artifact: str, sections: list[str]) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = runs_dir / ".launch" / f"{spec_artifact}-{'+'.join(sections)}-{stamp}"
+def launch_dir_for(runs_dir: Path, artifact: str, sections: list[str], create: bool = True) -> Path:
+    base = runs_dir / ".launch" / f"{artifact}-{'+'.join(sections)}-{datetime.now():%Y%m%d-%H%M%S}"
     path, n = base, 1
     while path.exists():
         n += 1
         path = base.with_name(f"{base.name}-{n}")
-    path.mkdir(parents=True)
+    if create:
+        path.mkdir(parents=True)
     return path
 
 
@@ -338,132 +167,71 @@ def write_manifest(path: Path, cells: list[Cell], common: list[str]) -> None:
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(path / "manifest.txt")
     record = {"created": datetime.now().isoformat(timespec="seconds"), "common": common,
-              "cells": [asdict(c) for c in cells]}
+              "cells": [{"label": c.label, "experiment": c.experiment, "run_id": c.run_id, "path": str(c.path),
+                         "overrides": c.overrides, "status": c.status, "extra": c.extra} for c in cells]}
     (path / "cells.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
 
 
-def hydra_string(value: str | Path) -> str:
-    """A quoted Hydra override value: paths may hold characters Hydra's grammar reserves."""
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+def common_overrides(spec: Spec, runs_dir: Path) -> list[str]:
+    """What every run of a launch gets: the store (wherever a task starts) and the artifact, its wandb
+    group; neither is part of the run id."""
+    store = str(runs_dir) if re.fullmatch(r"[\w./-]+", str(runs_dir)) else hydra_string(runs_dir)
+    return [f"paths.runs_dir={store}", f"artifact={spec.artifact}"]
 
 
-def _train_multirun(manifest: Path, sweep_dir: Path, launcher: str, hydra_args: list[str]) -> list[str]:
-    # validate=false: every cell was composed and checked by expand() already
-    return [sys.executable, "-m", "mora.train", "-m", f"+launcher={launcher}", "hydra/sweeper=manifest",
-            f"hydra.sweeper.manifest={hydra_string(manifest)}", "hydra.sweeper.validate=false",
-            f"hydra.sweep.dir={hydra_string(sweep_dir)}", *hydra_args]
-
-
-def run_local(cells: list[Cell], out: Path, jobs: int, hydra_args: list[str], common: list[str]) -> int:
-    jobs = max(1, min(jobs, len(cells)))
+def run_local(todo: list[Cell], out: Path, jobs: int, common: list[str]) -> int:
+    """The work queue (mora/launching/queue.py), each run a `python -m mora.train` logging to logs/."""
     env = dict(os.environ)
     if jobs > 1 and "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
-    procs = []
-    for k in range(jobs):
-        shard = cells[k::jobs]
-        shard_dir = out / (f"local-{k}" if jobs > 1 else "local")
-        shard_dir.mkdir(parents=True, exist_ok=True)
-        write_manifest(shard_dir, shard, common)
-        cmd = _train_multirun(shard_dir / "manifest.txt", shard_dir, "local", hydra_args)
-        if jobs == 1:
-            print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
-            procs.append((subprocess.Popen(cmd, cwd=ROOT, env=env), None))
-        else:
-            log = shard_dir / "train.log"
-            print(f"[local {k}] {len(shard)} runs, log {log}", flush=True)
-            procs.append((subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT), log))
-    rc = 0
-    for proc, log in procs:
-        code = proc.wait()
-        if code and log is not None:
-            print(f"[local] {log} ended with status {code}; its tail:\n" + "".join(open(log).readlines()[-15:]), flush=True)
-        rc = rc or code
-    return rc
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    running: dict[int, subprocess.Popen] = {}
+
+    def work(job: Job) -> tuple[str, str]:
+        cell = job.item
+        log = out / "logs" / f"{cell.experiment}-{cell.run_id}.log"
+        with open(log, "w") as handle:  # its own session: a Ctrl-C reaches it once, from interrupt()
+            proc = subprocess.Popen([sys.executable, "-m", "mora.train", *cell.overrides, *common, "train.progress_bar=false"],
+                                    env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+            running[id(job)] = proc
+            rc = proc.wait()
+            running.pop(id(job), None)
+        cell.refresh()
+        if cell.status == STATUS_COMPLETED:
+            value = lookup(cell.run.metrics, cell.headline)
+            return "done", f"{cell.headline} {value:.4g}" if isinstance(value, (int, float)) else "finished"
+        last = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-1:]
+        why = cell.detail or f"exit {rc}: {last[0] if last else 'no output'}"
+        return ("interrupted" if cell.status == "interrupted" else "failed"), f"{why}; log {log}"
+
+    def interrupt(times: int) -> None:
+        for proc in list(running.values()):
+            proc.send_signal(signal.SIGINT)
+
+    jobs_list = [Job(c, c.label, c.estimate.seconds if c.estimate else None, c.estimate.proxy if c.estimate else 1.0)
+                 for c in todo]
+    results = run_queue(jobs_list, jobs, work, interrupt)
+    return 0 if len(results) == len(todo) and all(r.ok for r in results) else 1
 
 
-def run_submitit(cells: list[Cell], out: Path, launcher: str, hydra_args: list[str], common: list[str],
-                 spec_artifact: str) -> tuple[int, set[str]]:
-    comment = COMMENT_PREFIX + str(out)
-    cmd = _train_multirun(out / "manifest.txt", out, launcher,
-                          [f"hydra.launcher.comment={hydra_string(comment)}", f"hydra.launcher.name=mora-{spec_artifact}",
-                           *hydra_args])
-    print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
-    watcher = QueueWatcher(comment)
-    watcher.start()
-    try:
-        rc = subprocess.run(cmd, cwd=ROOT).returncode
-    finally:
-        watcher.stop.set()
-        watcher.join()
-    job_ids = watcher.job_ids | {p.name.split("_", 1)[0] for p in (out / ".submitit").glob("*_*") if p.is_dir()}
-    return rc, job_ids
+def launch_here(spec: Spec, sections: list[str], todo: list[Cell], runs_dir: Path, jobs: int) -> int:
+    """Write the launch's manifest and run it through the local work queue."""
+    out, common = launch_dir_for(runs_dir, spec.artifact, sections), common_overrides(spec, runs_dir)
+    write_manifest(out, todo, common)
+    print(f"manifest: {out / 'manifest.txt'} ({len(todo)} lines); logs: {out / 'logs'}/", flush=True)
+    return run_local(todo, out, jobs, common)
 
 
-def run_sbatch(cells: list[Cell], out: Path, sbatch_args: list[str], parallel: int | None, wait: bool,
-               spec_artifact: str) -> tuple[int, set[str]]:
-    comment = COMMENT_PREFIX + str(out)
-    logs = out / "logs"
-    logs.mkdir(exist_ok=True)
-    array = f"0-{len(cells) - 1}" + (f"%{parallel}" if parallel else "")
-    cmd = ["sbatch", "--parsable", f"--array={array}", f"--job-name=mora-{spec_artifact}", f"--comment={comment}",
-           f"--output={logs}/%A_%a.out", f"--chdir={ROOT}", *sbatch_args, str(SBATCH_TEMPLATE), str(out / "manifest.txt")]
-    print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
-    proc = _run(cmd, cwd=ROOT, timeout=120)
-    if proc.returncode:
-        print(proc.stderr, file=sys.stderr)
-        return proc.returncode or 1, set()
-    job_id = proc.stdout.strip().split(";")[0]
-    print(f"submitted array job {job_id}: {len(cells)} tasks (logs {logs}/{job_id}_<task>.out)", flush=True)
-    (out / "job_id").write_text(job_id + "\n")
-    if not wait:
-        return 0, {job_id}
-    watcher = QueueWatcher(comment)
-    watcher.start()
-    failures = 0
-    try:
-        while True:
-            q = _run(["squeue", "-h", "-j", job_id, "-o", "%i"], timeout=60)
-            if q.returncode == 0 and not q.stdout.strip():
-                break
-            failures = 0 if q.returncode == 0 else failures + 1
-            if failures >= 30:
-                print(f"squeue has failed for a minute ({q.stderr.strip()}); not waiting for job {job_id} any longer",
-                      file=sys.stderr)
-                break
-            time.sleep(2)
-    finally:
-        watcher.stop.set()
-        watcher.join()
-    return 0, {job_id}
-
-
-# ---------------------------------------------------------------------------------------------
-# the command
-
-
-def to_launch(cells: list[Cell], rerun_stale: bool) -> list[Cell]:
-    """The cells to run: everything not finished and not queued; stale ones only when asked."""
-    skip = {STATUS_COMPLETED, "queued"} | (set() if rerun_stale else {"stale"})
-    return [c for c in cells if c.status not in skip]
-
-
-def print_plan(cells: list[Cell], todo: list[Cell]) -> None:
-    skipped = [c for c in cells if c not in todo]
-    for cell in skipped:
-        why = "finished" if cell.status == STATUS_COMPLETED else cell.detail or cell.status
-        print(f"skip    {cell.label}  [{why}]  {cell.path}")
-    for cell in todo:
-        why = cell.detail or {"missing": "not started", "running": "started earlier, not queued: resumes"}.get(cell.status, cell.status)
-        print(f"launch  {cell.label}  [{why}]  {cell.path}")
-    done = sum(c.status == STATUS_COMPLETED for c in cells)
-    queued = sum(c.status == "queued" for c in cells)
-    stale = sum(c.status == "stale" for c in cells)
-    print(f"grid: {len(cells)} runs; {done} finished, {queued} queued on Slurm, {stale} stale: skipped {len(skipped)}; "
-          f"launching {len(todo)}", flush=True)
-    if any(c.status == "stale" for c in skipped):
-        print("stale runs are listed, not launched: --rerun-stale trains them again (their records move to "
-              "<experiment>/.stale/)", flush=True)
+def print_sweeps(spec: Spec, sections: list[str], extra: list[str], launcher: str) -> None:
+    """Each row x column group as one Hydra multirun (the basic sweeper: learning rates x hparams x seeds)."""
+    for section in map(spec.section, sections):
+        for row in section.rows:
+            for group in section.groups.values():
+                lrs = [lr for lr in lr_candidates(spec, row, group) if lr is not None]
+                sweeps = {**({"train.lr": lrs} if lrs else {}), **row.sweep, "seed": section.seeds}
+                print(f"# {row.name} × {group.title}\n" + train_command(
+                    ["-m", *([f"+launcher={launcher}"] if launcher != "local" else []), *shared_overrides(section, row, group),
+                     *(f"{k}={','.join(str(v) for v in values)}" for k, values in sweeps.items()), *extra]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -478,67 +246,88 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--override", action="append", default=[],
                         help="extra Hydra override for every run (repeatable); give the report the same ones")
     parser.add_argument("--hydra", action="append", default=[],
-                        help="extra override for the Hydra multirun, e.g. hydra.launcher.partition=gpu (repeatable)")
+                        help="extra override of the launcher config, e.g. hydra.launcher.partition=gpu (repeatable)")
+    parser.add_argument("--resources", default="slurm",
+                        help="sbatch: the conf/launcher/ config whose resources each task asks for (default: slurm)")
     parser.add_argument("--sbatch-arg", action="append", default=[],
                         help="extra sbatch option for --launcher sbatch, e.g. --sbatch-arg=--gpus-per-node=1 (repeatable)")
     parser.add_argument("--parallel", type=int, default=None, help="sbatch: array tasks running at once (%%P)")
-    parser.add_argument("--jobs", type=int, default=1, help="local: processes running runs in parallel")
+    parser.add_argument("--jobs", type=int, default=1, help="local: runs at a time (workers of the queue)")
     parser.add_argument("--no-wait", action="store_true", help="sbatch: submit and return")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan and the manifest; launch nothing")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and the commands; write and launch nothing")
+    parser.add_argument("--sweep", action="store_true", help="print the grid as Hydra multirun commands (one per row x group)")
     parser.add_argument("--rerun-stale", action="store_true",
                         help="also launch the stale runs (made by older code or under an older id scheme)")
     args = parser.parse_args(argv)
 
     runs_dir = Path(args.runs_dir).resolve()
     launchers = sorted(p.stem for p in (CONF_DIR / "launcher").glob("*.yaml"))
-    if args.launcher not in {"sbatch", *launchers}:
-        print(f"error: unknown launcher {args.launcher!r}; choose sbatch or one of {launchers} (conf/launcher/)", file=sys.stderr)
+    if args.launcher not in {"sbatch", *launchers} or args.resources not in launchers:
+        print(f"error: unknown launcher {args.launcher!r} (or --resources {args.resources!r}); choose sbatch or one of "
+              f"{launchers} (conf/launcher/)", file=sys.stderr)
         return 2
     try:
         spec = load_spec(args.spec)
+        if args.sweep:
+            print_sweeps(spec, args.section, args.override, args.launcher)
+            return 0
         cells = expand(args.spec, args.section, runs_dir, args.override)
+        config = args.resources if args.launcher == "sbatch" else args.launcher
+        settings = launcher_settings(config, args.hydra) if args.launcher != "local" else {}
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    mark_in_flight(cells)
+    for path, why in in_flight().items():
+        cell = next((c for c in cells if str(c.path) == path and c.status != STATUS_COMPLETED), None)
+        if cell:
+            cell.status, cell.detail = "queued", why
     todo = to_launch(cells, args.rerun_stale)
-    print_plan(cells, todo)
+    if args.launcher == "local":
+        threads = max(1, (os.cpu_count() or 1) // max(1, min(args.jobs, len(todo) or 1)))
+        resources, gpus = f"this machine, {args.jobs} at a time, {threads} CPU thread(s) each, no time limit", 0
+    else:
+        resources = resources_text(settings) + f" (conf/launcher/{config}.yaml)"
+        gpus = int(settings.get("gpus_per_node") or 0) * int(settings.get("nodes") or 1)
+    print_plan(cells, todo, resources, gpus, settings.get("timeout_min"))
     if not todo:
         print("nothing to launch: submitted 0 jobs")
         return 0
-    # every task writes to this store, wherever Slurm starts it (paths.* are not part of the run id)
-    common = [f"paths.runs_dir={hydra_string(runs_dir)}"]
-    if args.dry_run:
-        print("manifest (dry run, not written):")
-        for cell in todo:
-            print(" ".join(shlex.quote(o) for o in [*cell.overrides, *common]))
-        return 0
-    if args.launcher != "local" and not slurm_available():
+    if args.launcher != "local" and not slurm_available() and not args.dry_run:
         print(f"error: --launcher {args.launcher} submits to Slurm, but sbatch/squeue are not on PATH "
               "(slurm/local_cluster.sh up starts a one-node cluster here)", file=sys.stderr)
         return 2
-    out = launch_dir_for(runs_dir, spec.artifact, args.section)
-    write_manifest(out, todo, common)
-    print(f"manifest: {out / 'manifest.txt'} ({len(todo)} lines)")
+    out, common = launch_dir_for(runs_dir, spec.artifact, args.section, create=False), common_overrides(spec, runs_dir)
+    sbatch = sbatch_command(out, len(todo), settings, args.sbatch_arg, args.parallel, spec.artifact) if settings else []
+    if args.dry_run:
+        if args.launcher == "sbatch":
+            print("sbatch line: " + " ".join(sbatch))
+        elif args.launcher != "local":
+            print("submit line: " + " ".join(train_multirun(out, args.launcher, args.hydra)))
+        print(f"commands ({len(todo)}; dry run: nothing written, nothing launched):")
+        for cell in todo:
+            print(train_command([*cell.overrides, *common]))
+        return 0
 
     start = time.time()
     job_ids: set[str] = set()
     if args.launcher == "local":
-        rc = run_local(todo, out, args.jobs, args.hydra, common)
-    elif args.launcher == "sbatch":
-        rc, job_ids = run_sbatch(todo, out, args.sbatch_arg, args.parallel, not args.no_wait, spec.artifact)
-        if args.no_wait:
-            print(f"not waiting: squeue -j {' '.join(job_ids)}; relaunch to pick up what is missing")
-            return rc
+        rc = launch_here(spec, args.section, todo, runs_dir, args.jobs)
     else:
-        rc, job_ids = run_submitit(todo, out, args.launcher, args.hydra, common, spec.artifact)
+        out.mkdir(parents=True)
+        write_manifest(out, todo, common)
+        print(f"manifest: {out / 'manifest.txt'} ({len(todo)} lines)", flush=True)
+        if args.launcher != "sbatch":
+            rc, job_ids = run_submitit(out, args.launcher, args.hydra, spec.artifact)
+        else:
+            rc, job_ids = run_sbatch(sbatch, out, len(todo), not args.no_wait)
+            if args.no_wait:
+                print(f"not waiting: squeue -j {' '.join(job_ids)}; relaunch to pick up what is missing")
+                return rc
     wait_until_gone(job_ids)
     for job_id in sorted(job_ids):
         for line in job_state_lines(job_id):
             print(line)
-    for cell in todo:
-        refresh(cell)
-    failed = [c for c in todo if c.status != STATUS_COMPLETED]
+    failed = [c for c in todo if c.refresh().status != STATUS_COMPLETED]
     print(f"launched {len(todo)} runs in {time.time() - start:.0f} s: {len(todo) - len(failed)} finished, "
           f"{len(failed)} not" + (":" if failed else ""))
     for cell in failed:

@@ -1,46 +1,32 @@
-"""`make demo`'s pieces: its spec composes into real runs, and its table and plot render what the
-results say (the full demo itself is timed by hand: see the README)."""
+"""`make demo`'s grid: each mini row of table2 at its own learning rate, composed into real runs that
+the report's table reads (the full demo itself is timed by hand: see the README)."""
 
 import yaml
 
 from mora import demo
-from runner import compose
+from mora.artifacts import load_spec
+from mora.launch import grid_cells
 
 
 def _spec():
     return yaml.safe_load(demo.SPEC.read_text())
 
 
-def test_every_mini_row_composes_and_pairs_with_a_paper_row():
-    spec = _spec()
-    mini, paper = spec["mini"], spec["paper"]
-    assert len(mini["rows"]) == len(paper["rows"]) and len(mini["columns"]) == len(paper["columns"])
-    for row in mini["rows"]:
-        cfg = compose(demo.cell_overrides(mini, row, seed=0, extra=[]))
-        assert cfg.experiment_name == mini["experiment"]
-        assert cfg.train.lr == float(row["lr"]) and float(row["lr"]) in [float(x) for x in row["lr_grid"]]
-        assert set(mini["columns"]) <= set(cfg.eval.steps) | {cfg.train.max_steps}
-
-
-def test_table_shows_ours_beside_the_paper_and_marks_missing_cells(tmp_path):
-    spec = _spec()
-    mini, paper = spec["mini"], spec["paper"]
-    first, second = mini["rows"][0]["label"], mini["rows"][1]["label"]
-    results = {
-        first: {
-            "evals": [{"step": s, "char_acc": 10.0 * i} for i, s in enumerate(mini["columns"], 1)],
-            "budget": {"adapter_total": 0, "trainable_total": 1234},
-            "train_loss": [[1, 3.0], [2, 2.5]],
-        },
-        second: {"evals": [{"step": mini["columns"][0], "char_acc": 55.5}], "budget": {"adapter_total": 777}},
-    }
-    table = demo.render_table(mini, paper, results).splitlines()
-    row1 = next(line for line in table if line.startswith(first))
-    assert "1,234" in row1 and " 40.0" in row1 and " 42.5" in row1  # ours (step 4) and the paper's FFT
-    row2 = next(line for line in table if line.startswith(second))
-    assert " 55.5" in row2 and row2.count("    -") == len(mini["columns"]) - 1 and "777" in row2
-    png = demo.plot_losses(mini, results, tmp_path / "loss.png")
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_the_demo_trains_each_mini_row_at_its_lr_on_one_seed(tmp_path):
+    spec = load_spec(demo.SPEC)
+    mini, paper = spec.sections["mini"], spec.sections["paper"]
+    assert len(mini.rows) == len(paper.rows) and len(mini.columns) == len(paper.columns)
+    section = demo.demo_section(mini, seed=1)
+    cells = grid_cells(spec, [section], tmp_path)
+    assert [c.extra["row"] for c in cells] == [r.label for r in mini.rows]  # one run per row
+    for cell, row in zip(cells, mini.rows):
+        config = cell.run.composed.config
+        assert config["seed"] == 1 and config["train"]["lr"] == float(row.lr) and cell.status == "missing"
+        assert float(row.lr) in [float(x) for x in row.lr_grid]
+        assert {c.step for c in mini.columns} <= set(config["eval"]["steps"]) | {config["train"]["max_steps"]}
+    # the same runs as the full mini grid's (seed 1, the row's lr): the demo fills the report's table
+    full = {c.run_id for c in grid_cells(spec, [mini], tmp_path)}
+    assert {c.run_id for c in cells} <= full
 
 
 def test_each_mini_lr_is_the_best_of_its_recorded_sweep():

@@ -119,7 +119,9 @@ def test_two_tasks_of_one_grid_write_the_store_at_once(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "[local 0] 1 runs" in done.stdout and "[local 1] 1 runs" in done.stdout  # two processes
+    # two workers, two processes: when the first run ends, the other is still running
+    assert "grid: 1/2 done, 1 running, 0 failed, 0 left" in done.stdout, done.stdout
+    assert len(list((store / ".launch").glob("*/logs/uuid_mini-*.log"))) == 2
     assert "launched 2 runs" in done.stdout and "2 finished, 0 not" in done.stdout
 
     cells = expand(spec, ["mini"], store, TINY_RUN[1:])

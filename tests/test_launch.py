@@ -1,16 +1,15 @@
 """mora.launch without Slurm: grid expansion, skipping finished runs, bad specs, a real local launch,
-the manifest sweeper, and conf/sweep/ agreeing with the artifact specs (Table 5)."""
+the manifest sweeper, and the grid printed as Hydra multiruns."""
 
 from __future__ import annotations
 
-import functools
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from runner import ROOT, TINY_RUN
 
@@ -106,16 +105,16 @@ def test_trained_but_unscored_runs_are_launched_again(tmp_path, capsys):
         ("method=lora, method.r=4]", r"LoRA r=4.*do not compose.*method/vera"),
         ("method.kind=rotation]", r"MoRA r=4.*not a valid run.*unknown kind 'spiral'"),
         ("lr_grid: [1e-2, 3e-2]}", r"unknown option.*'ranks'"),
+        ("    - {label: MoRA r=4", r"LoRA lrr.*unknown config key train.lrr \(did you mean train.lr\?\).*fix the spec"),
     ],
 )
 def test_bad_spec_fails_before_anything_is_written(tmp_path, capsys, change, message):
-    import re
-
     bad = {
         "experiment: uuid_mini": "experiment: uuid_nano",
         "method=lora, method.r=4]": "method=vera, method.r=4]",
         "method.kind=rotation]": "method.kind=spiral]",
         "lr_grid: [1e-2, 3e-2]}": "lr_grid: [1e-2, 3e-2]}\n    - {label: LoRA typo, overrides: [method=lora, +method.ranks=4]}",
+        "    - {label: MoRA r=4": "    - {label: LoRA lrr, overrides: [method=lora, train.lrr=1e-3]}\n    - {label: MoRA r=4",
     }[change]
     spec = _spec(tmp_path, SPEC.replace(change, bad, 1))
     rc = main([str(spec), "--section", "mini", "--runs-dir", str(tmp_path / "runs"), *TINY_OVERRIDES, "--launcher", "sbatch"])
@@ -152,8 +151,12 @@ def test_local_launch_runs_the_grid_then_relaunch_runs_nothing(tmp_path):
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "launched 2 runs" in done.stdout and "2 finished, 0 not" in done.stdout
+    assert re.search(r"\[done 1/2\] (LoRA|MoRA) r=4 \| lr=0.01: char_acc \d", done.stdout), done.stdout  # the queue's lines
+    assert "grid: 2/2 done, 0 running, 0 failed, 0 left" in done.stdout
     cells = expand(spec, ["mini"], store, TINY_RUN[1:])
     assert [c.status for c in cells] == ["completed", "completed"]
+    # launched by the artifact: its wandb group (a run started by hand has artifact null: its experiment's group)
+    assert {json.loads((Path(c.path) / "config.json").read_text())["artifact"] for c in cells} == {"tinygrid"}
     (launch_dir,) = (store / ".launch").iterdir()
     assert len((launch_dir / "manifest.txt").read_text().splitlines()) == 2
     assert [c["run_id"] for c in json.loads((launch_dir / "cells.json").read_text())["cells"]] == [c.run_id for c in cells]
@@ -181,55 +184,29 @@ def test_manifest_sweeper_rejects_what_it_cannot_run(tmp_path):
         read_manifest(tmp_path / "none.txt")
 
 
-# --- conf/sweep/ (Hydra multirun grids) agree with the artifact specs ----------------------------
-
-TASK_OF_GROUP = {"tulu": "tulu", "math": "math", "biomed": "cpt", "finance": "cpt"}
-FAMILY = {"fft": "fft", "lora": "lora", "asylora": "lora", "dora": "lora", "loraplus": "loraplus", "relora": "relora"}
+# --- the grid as Hydra multiruns (mora.launch --sweep; README's `python -m mora.train -m` examples) ----
 
 
-@functools.lru_cache(maxsize=1)
-def _all_sweeps() -> dict[str, dict[str, list[float]]]:
-    """hydra.sweeper.params of every conf/sweep/ config, composed as `+sweep=<name>`."""
-    from hydra import compose, initialize_config_dir
+def test_sweep_lines_are_hydra_multiruns_of_exactly_the_grid(tmp_path, capsys):
+    """Each printed line, expanded by Hydra's own basic sweeper, names the runs of its row x group: all
+    the lines together are the section's grid, run id for run id (Table 1 at paper scale)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    out = {}
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        for path in sorted((ROOT / "conf" / "sweep").glob("*.yaml")):
-            cfg = compose(config_name="config", overrides=[f"+sweep={path.stem}"], return_hydra_config=True)
-            out[path.stem] = {k: sorted(float(x) for x in str(v).split(",")) for k, v in cfg.hydra.sweeper.params.items()}
-    return out
+    from mora.artifacts import Composer
 
-
-def _sweep_params(name: str) -> dict[str, list[float]]:
-    return _all_sweeps()[name]
-
-
-def test_sweep_configs_are_table5():
-    spec = yaml.safe_load((ROOT / "experiments" / "table1.yaml").read_text())
-    grids = spec["grids"]
-    checked = set()
-    for row in spec["paper"]["rows"]:
-        method = next(o.split("=", 1)[1] for o in row["overrides"] if o.startswith("method="))
-        rank = next((o.split("=", 1)[1] for o in row["overrides"] if o.startswith("method.r=")), None)
-        family = f"mora_r{rank}" if method == "mora" else FAMILY[method]
-        for group, task in TASK_OF_GROUP.items():
-            params = _sweep_params(f"{task}_{family}")
-            assert params["train.lr"] == sorted(float(x) for x in grids[row["lr_grid"]][group]), (row["label"], group)
-            for key, values in (row.get("hparams") or {}).items():
-                assert params[key] == sorted(float(v) for v in values), (row["label"], key)
-            assert set(params) == {"train.lr", *(row.get("hparams") or {})}
-            checked.add(f"{task}_{family}")
-    assert len(checked) == 18
-    assert set(_all_sweeps()) == checked | {"uuid_fft", "uuid_lora", "uuid_mora", "uuid_mini_fft", "uuid_mini_adapter"}
-
-    table2 = yaml.safe_load((ROOT / "experiments" / "table2.yaml").read_text())
-    by_method = {"fft": "uuid_fft", "lora": "uuid_lora", "mora": "uuid_mora"}
-    for row in table2["paper"]["rows"]:
-        method = row["overrides"][0].split("=", 1)[1]
-        assert _sweep_params(by_method[method])["train.lr"] == sorted(float(x) for x in row["lr_grid"])
-    for row in table2["mini"]["rows"]:
-        name = "uuid_mini_fft" if row["overrides"] == ["method=fft"] else "uuid_mini_adapter"
-        assert _sweep_params(name)["train.lr"] == sorted(float(x) for x in row["lr_grid"])
+    spec = ROOT / "experiments" / "table1.yaml"
+    assert main([str(spec), "--section", "paper", "--sweep"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("python -m mora.train -m ")]
+    assert len(lines) == 13 * 4  # rows x column groups
+    assert "method=loraplus" in lines[8] and "method.lr_ratio=2,4" in lines[8] and "train.lr=0.0001,0.0002" in lines[8]
+    swept = set()
+    with Composer() as composer:
+        for line in lines:
+            overrides = OverridesParser.create().parse_overrides(line.split()[4:])
+            (batch,) = BasicSweeper.split_arguments(overrides, max_batch_size=None)
+            swept |= {composer.compose(list(job), line).run_id for job in batch}
+    assert swept == {c.run_id for c in expand(spec, ["paper"], tmp_path)}
 
 
 def test_launcher_configs_compose():

@@ -60,9 +60,10 @@ def scaled_lora(monkeypatch):
 def test_a_method_added_by_the_recipe_is_found_trained_merged_and_reported(tmp_path, scaled_lora):
     from transformers import AutoModelForCausalLM
 
-    from mora import report
     from mora.adapters import available_methods
+    from mora.artifacts import load_spec, section_table
     from mora.evaluate import load_model
+    from mora.render.text import render_markdown
     from mora.train import train
 
     conf = tmp_path / "conf"  # the project's conf/ plus step 2: the method's YAML
@@ -90,8 +91,8 @@ def test_a_method_added_by_the_recipe_is_found_trained_merged_and_reported(tmp_p
     # reported: a spec naming the method finds the run and shows its numbers
     spec = tmp_path / "recipe_check.yaml"
     spec.write_text(SPEC.format(overrides=[o for o in TINY_RUN if not o.startswith("experiment=")]))
-    table = report.build_table(report.load_spec(spec, conf), "mini", runs, conf_dir=conf)
-    markdown = report.render_markdown(table)
+    loaded = load_spec(spec, conf)
+    markdown = render_markdown(section_table(loaded, loaded.section("mini"), runs, conf_dir=conf))
     (row,) = [line for line in markdown.splitlines() if line.startswith("| Scaled LoRA |")]
     cells = [c.strip() for c in row.strip("|").split("|")[1:]]
     assert cells == [f"{e['char_acc']:.1f}" for e in metrics["evals"]], markdown

@@ -4,12 +4,16 @@ and bad specs that fail saying what to fix."""
 
 import json
 import textwrap
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 from mora import report
+from mora.artifacts import load_spec
+from mora.render.figures import mean_curve
+from mora.render.text import CSV_FIELDS, table_records
 from mora.runs import run_id
 from runner import ROOT, compose, current_record
 
@@ -114,6 +118,17 @@ def test_markdown_and_csv_from_a_synthetic_store(tmp_path, ids):
     assert "LoRA & 4 & 55.0$\\pm$7.1 / 9.9 & 80.0$\\pm$14.1 / 54.2 \\\\" in tex and "-- / 10.1" in tex
 
 
+def test_a_sections_caption_is_said_under_the_title(tmp_path, ids):
+    """A miniature that carries no signal says so (experiments/table4.yaml's `caption`: pipeline check only)."""
+    store = _store(tmp_path / "runs", ids)
+    text = SPEC.replace("paper:\n  experiment", "paper:\n  caption: \"pipeline check only: a tiny model\"\n  experiment")
+    md = report.render(_spec(tmp_path, text=text), store, tmp_path / "out", wandb_log=False)["markdown"].splitlines()
+    assert md[:3] == ["**Synthetic table** (paper; cells: ours / paper; ours = mean ± std over seeds)",
+                      "_pipeline check only: a tiny model_", ""]
+    for artifact in ("table1", "table4"):  # the miniatures measured to score 0.0 on the math fixtures say so
+        assert load_spec(ROOT / "experiments" / f"{artifact}.yaml").sections["mini"].caption.startswith("pipeline check only")
+
+
 def test_a_partial_grid_still_fills_the_cell_and_says_so(tmp_path, ids):
     store = _store(tmp_path / "runs", ids)
     for seed in (0, 1):  # drop the better learning rate: the other point of the grid is chosen
@@ -130,11 +145,16 @@ def test_the_wandb_offline_run_holds_the_table(tmp_path, ids, monkeypatch):
     result = report.render(_spec(tmp_path), store, tmp_path / "out", wandb_log=True)
     run_dir = result["wandb_dir"]
     assert run_dir.name.startswith("offline-run-") and run_dir.parent.parent == tmp_path / "out"
-    (table,) = run_dir.glob("files/media/table/synthetic/paper_*.table.json")
+    (table,) = run_dir.glob("files/media/table/synthetic/paper_cells_*.table.json")  # the long form
     logged = json.loads(table.read_text())
-    assert logged["columns"] == report.CSV_FIELDS
+    assert logged["columns"] == CSV_FIELDS
     assert [r[2] for r in logged["data"]] == ["LoRA", "LoRA", "MoRA", "MoRA"]
     assert logged["data"][0][9] == 55.0 and logged["data"][2][13] == "missing"
+    # and the table as the paper lays it out: method x column, ours beside the paper's number
+    (table,) = [p for p in run_dir.glob("files/media/table/synthetic/paper_*.table.json") if "_cells_" not in p.name]
+    paper = json.loads(table.read_text())
+    assert paper["columns"] == ["method", "r", "100 (ours)", "100 (paper)", "200 (ours)", "200 (paper)"]
+    assert paper["data"] == [["LoRA", "4", 55.0, 9.9, 80.0, 54.2], ["MoRA", "4", None, 10.1, None, 100.0]]
 
 
 @pytest.mark.parametrize("kind", ["curves", "spectrum"])
@@ -149,17 +169,17 @@ def test_figures_are_drawn(tmp_path, ids, kind):
 
 
 def test_curves_average_the_seeds():
-    runs = [{"metrics": {"status": "completed", "train_loss": [[1, 4.0], [2, 3.0], [3, 2.0]]}},
-            {"metrics": {"status": "completed", "train_loss": [[1, 2.0], [2, 1.0]]}},
-            {"metrics": {"status": "failed", "train_loss": [[1, 9.0]]}}]
-    assert report.mean_curve(runs) == ([1, 2], [3.0, 2.0])
+    runs = [SimpleNamespace(completed=True, metrics={"train_loss": [[1, 4.0], [2, 3.0], [3, 2.0]]}),
+            SimpleNamespace(completed=True, metrics={"train_loss": [[1, 2.0], [2, 1.0]]}),
+            SimpleNamespace(completed=False, metrics={"train_loss": [[1, 9.0]]})]
+    assert mean_curve(runs) == ([1, 2], [3.0, 2.0])
 
 
 @pytest.mark.parametrize(
     "change,message",
     [
         (("experiment: uuid_mini", "experiment: nope_mini"), "unknown experiment 'nope_mini'; conf/experiment/ has"),
-        (("method.r=4], lr_grid: [3e-3]", "method.nope=4], lr_grid: [3e-3]"), "do not compose"),
+        (("method.r=4], lr_grid: [3e-3]", "method.nope=4], lr_grid: [3e-3]"), "not a valid run: ValueError: .*nope"),
         (("lr_grid: [3e-3]", "lr_grid: no_such_grid"), "lr_grid 'no_such_grid' is not in `grids:`"),
         (("paper: [10.1, 100]", "paper: [10.1]"), "1 paper numbers for 2 columns"),
         (("kind: {kind}", "kind: pie"), "kind 'pie' is not one of"),
@@ -187,7 +207,7 @@ def test_every_artifact_spec_loads():
     names = {p.stem for p in specs}
     assert {"table1", "table2", "table3", "table4", "fig2", "fig3", "fig4", "fig5"} <= names
     for path in specs:
-        spec = report.load_spec(path)
+        spec = load_spec(path)
         assert spec.artifact == path.stem and "paper" in spec.sections, path
         for section in spec.sections.values():
             assert section.rows and section.columns
@@ -231,6 +251,34 @@ def test_the_scoring_mode_of_benchmark_scores_is_in_the_table(tmp_path, ids):
     result = report.render(spec, store, tmp_path / "out", wandb_log=False)
     assert "| LoRA | 4 | 80.0 ± 14.1 |" in result["markdown"]
     assert "Scoring (benchmark.scoring): paper; paper = the paper's answer checks" in result["markdown"]
-    records = report.table_records(result["tables"][0])
+    records = table_records(result["tables"][0])
     assert [r["scoring"] for r in records] == ["paper", ""]  # MoRA has no finished run
     assert (tmp_path / "out" / "scored_paper.csv").read_text().splitlines()[1].endswith(",paper")
+
+
+def test_a_table_of_recorded_runs_without_a_spec(tmp_path, ids, capsys):
+    """`mora.report --runs DIR --rows KEYS --metric M`: rows from the runs' own keys, the seeds of one
+    config averaged, the best config of a row chosen by the spec's rule; nothing composed."""
+    from mora.identity import run_identity
+
+    store = _store(tmp_path / "runs", ids)
+    for key in RUNS:
+        run = store / "uuid_mini" / ids[key]
+        config = OmegaConf.to_container(compose(_overrides(*key)), resolve=True)
+        (run / "config.json").write_text(json.dumps(config))
+        (run / "identity.json").write_text(json.dumps(run_identity(config)))
+        metrics = json.loads((run / "metrics.json").read_text())
+        metrics["summary"] = {"method": config["method"]["method"], "rank": config["method"]["r"]}
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    report.main(["--runs", str(store / "uuid_mini"), "--rows", "method,rank", "--metric", "char_acc",
+                 "--out", str(tmp_path / "out")])
+    md = capsys.readouterr().out.splitlines()
+    assert md[0] == f"**{store / 'uuid_mini'}: char_acc by method, rank** (runs; cells: mean ± std over seeds)"
+    assert md[2:6] == ["| method | char_acc |", "|---|---|", "| method=lora, rank=4 | 80.0 ± 14.1 |",
+                       "| method=mora, rank=4 | – [1] |"]
+    assert "Chosen: method=lora, rank=4 (lr=0.003)." in md
+    assert f"{store}/uuid_mini/{ids[(('method=mora', 'method.r=4'), '3e-3', 0)]}  [failed]  lr=0.003, seed 0" in "\n".join(md)
+    assert (tmp_path / "out" / "uuid_mini_runs.csv").is_file()
+    with pytest.raises(SystemExit):
+        report.main(["--runs", str(store / "uuid_mini"), "--rows", "method.nope"])
+    assert "no key 'method.nope'" in capsys.readouterr().err

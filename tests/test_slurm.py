@@ -155,7 +155,8 @@ def _grid_with_sigterm(spec: Path, store: Path, launcher: str, interrupted: int,
     """Launch the 4-task grid, SIGTERM task `interrupted` once it has a checkpoint, wait for the end."""
     cells = _cells(spec, store)
     target = Path(cells[interrupted].path)
-    proc = _launch(spec, store, "--launcher", launcher)
+    # the sbatch route asks for the resources of a launcher config: the CPU one on this cluster
+    proc = _launch(spec, store, "--launcher", launcher, *(["--resources", "slurm_cpu"] if launcher == "sbatch" else []))
     try:
         _wait(lambda: (target / "checkpoints" / "checkpoint-20" / "COMPLETE").is_file() or proc.poll() is not None,
               300, f"task {interrupted}'s checkpoint at step 20")

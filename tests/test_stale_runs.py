@@ -82,7 +82,7 @@ def test_a_results_version_bump_lists_the_run_as_stale_and_rerun_stale_trains_on
     out = capsys.readouterr().out
     assert "launching 1" in out and "launched 1 runs" in out and "1 finished, 0 not" in out, out
     (launch_dir,) = (store / ".launch").iterdir()
-    (line,) = (launch_dir / "local" / "manifest.txt").read_text().splitlines()
+    (line,) = (launch_dir / "manifest.txt").read_text().splitlines()
     assert "method=lora" in line
     fresh = json.loads((lora / "metrics.json").read_text())
     assert fresh["status"] == "completed" and fresh["results_versions"]["method.lora"] == 1

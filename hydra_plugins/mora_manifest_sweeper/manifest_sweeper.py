@@ -78,7 +78,7 @@ class ManifestSweeper(Sweeper):
         if params:
             raise ValueError(
                 f"hydra/sweeper=manifest takes its jobs from the manifest, not from hydra.sweeper.params ({dict(params)}); "
-                "drop the sweep= override (conf/sweep/ is for the basic sweeper)"
+                "drop them (value lists are the basic sweeper's: `python -m mora.launch SPEC --section S --sweep` prints those)"
             )
         self.config: Optional[DictConfig] = None
         self.launcher: Optional[Launcher] = None
