@@ -67,6 +67,7 @@ LAUNCH_ARGS ?=
 REPORT_ARGS ?=
 ARTIFACTS   := table1 table2 table3 table4 fig2 fig3 fig4 fig5
 REPRODUCE   := $(addprefix reproduce-,$(ARTIFACTS))
+GPU_SIZED   := reproduce-table2-gpu reproduce-table4-gpu reproduce-fig3-gpu   # sections `gpu:` (docs/results.md)
 _OVERRIDES   = $(foreach o,$(OVERRIDES),--override $(o))
 # $(call reproduce,artifact,section): launch, then render even if some runs failed; fail if either did.
 # A dry run (LAUNCH_ARGS=--dry-run) or a sweep listing (--sweep) only prints: no report, no wandb run.
@@ -74,7 +75,7 @@ reproduce = $(PY) -m mora.launch experiments/$(1).yaml --section $(2) --launcher
 	$(_OVERRIDES) $(LAUNCH_ARGS)$(if $(filter --dry-run --sweep,$(LAUNCH_ARGS)),,; rc=$$?; \
 	$(PY) -m mora.report experiments/$(1).yaml --section $(2) $(_OVERRIDES) $(REPORT_ARGS) || rc=$$?; exit $$rc)
 
-.PHONY: $(REPRODUCE) $(addsuffix -mini,$(REPRODUCE)) test-slurm slurm-up slurm-down
+.PHONY: $(REPRODUCE) $(addsuffix -mini,$(REPRODUCE)) $(GPU_SIZED) test-slurm slurm-up slurm-down
 
 reproduce-table1:       ## Table 1: 13 methods x Tulu/MetaMath/BioMed/Finance, Table 5 LR grids (LAUNCHER=slurm)
 reproduce-table1-mini:  ## Table 1 in miniature, offline: tiny LLaMA, fixtures, MMLU dev questions
@@ -84,10 +85,13 @@ reproduce-table3:       ## Table 3: C4 pretraining from scratch, 250M and 1.3B, 
 reproduce-table3-mini:  ## Table 3 in miniature: tiny LLaMAs pretrained on ../shared/data text
 reproduce-table4:       ## Table 4: MoRA's compression kinds on MetaMath -> GSM8K, r 8 and 256
 reproduce-table4-mini:  ## Table 4 in miniature (MetaMathQA / GSM8K fixtures)
+reproduce-table2-gpu:   ## Table 2 sized for one GPU (4,000 pairs, hidden 512 x 4), 3 seeds, LR grids (docs/results.md)
+reproduce-table4-gpu:   ## Table 4 sized for one GPU, on Table 2's GPU UUID task
 reproduce-fig2:         ## Figure 2: UUID loss curves, FFT and LoRA r 8..256
 reproduce-fig2-mini:    ## Figure 2 in miniature
 reproduce-fig3:         ## Figure 3: UUID loss curves, LoRA vs MoRA (the runs of Table 2)
 reproduce-fig3-mini:    ## Figure 3 in miniature
+reproduce-fig3-gpu:     ## Figure 3 sized for one GPU (the runs of reproduce-table2-gpu)
 reproduce-fig4:         ## Figure 4: C4 pretraining loss curves (the runs of Table 3)
 reproduce-fig4-mini:    ## Figure 4 in miniature
 reproduce-fig5:         ## Figure 5: singular values > 0.1 of the 250M runs' updates
@@ -98,6 +102,9 @@ $(REPRODUCE): reproduce-%: install
 
 $(addsuffix -mini,$(REPRODUCE)): reproduce-%-mini: install fixtures
 	$(call reproduce,$*,mini)
+
+$(GPU_SIZED): reproduce-%-gpu: install
+	$(call reproduce,$*,gpu)
 
 test-slurm: install  ## Slurm tests on a real one-node cluster (installed, started and stopped here; ~5 min, root)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slurm tests/test_slurm.py
