@@ -67,7 +67,8 @@ LAUNCH_ARGS ?=
 REPORT_ARGS ?=
 ARTIFACTS   := table1 table2 table3 table4 fig2 fig3 fig4 fig5
 REPRODUCE   := $(addprefix reproduce-,$(ARTIFACTS))
-GPU_SIZED   := reproduce-table2-gpu reproduce-table4-gpu reproduce-fig3-gpu   # sections `gpu:` (docs/results.md)
+GPU_SIZED   := reproduce-table2-gpu reproduce-table3-gpu reproduce-table4-gpu reproduce-fig3-gpu reproduce-fig4-gpu \
+               reproduce-fig5-gpu   # sections `gpu:` (docs/results.md)
 _OVERRIDES   = $(foreach o,$(OVERRIDES),--override $(o))
 # $(call reproduce,artifact,section): launch, then render even if some runs failed; fail if either did.
 # A dry run (LAUNCH_ARGS=--dry-run) or a sweep listing (--sweep) only prints: no report, no wandb run.
@@ -85,7 +86,8 @@ reproduce-table3:       ## Table 3: C4 pretraining from scratch, 250M and 1.3B, 
 reproduce-table3-mini:  ## Table 3 in miniature: tiny LLaMAs pretrained on ../shared/data text
 reproduce-table4:       ## Table 4: MoRA's compression kinds on MetaMath -> GSM8K, r 8 and 256
 reproduce-table4-mini:  ## Table 4 in miniature (MetaMathQA / GSM8K fixtures)
-reproduce-table2-gpu:   ## Table 2 sized for one GPU (4,000 pairs, hidden 512 x 4), 3 seeds, LR grids (docs/results.md)
+reproduce-table2-gpu:   ## Table 2 sized for one GPU (2,000 pairs, hidden 256 x 4), 3 seeds, LR grids (docs/results.md)
+reproduce-table3-gpu:   ## Table 3 sized for one GPU: the 250M shape from scratch on ../shared/data, 400 steps, 2 seeds (JOBS=8)
 reproduce-table4-gpu:   ## Table 4 sized for one GPU, on Table 2's GPU UUID task
 reproduce-fig2:         ## Figure 2: UUID loss curves, FFT and LoRA r 8..256
 reproduce-fig2-mini:    ## Figure 2 in miniature
@@ -94,8 +96,10 @@ reproduce-fig3-mini:    ## Figure 3 in miniature
 reproduce-fig3-gpu:     ## Figure 3 sized for one GPU (the runs of reproduce-table2-gpu)
 reproduce-fig4:         ## Figure 4: C4 pretraining loss curves (the runs of Table 3)
 reproduce-fig4-mini:    ## Figure 4 in miniature
+reproduce-fig4-gpu:     ## Figure 4 sized for one GPU (the runs of reproduce-table3-gpu)
 reproduce-fig5:         ## Figure 5: singular values > 0.1 of the 250M runs' updates
 reproduce-fig5-mini:    ## Figure 5 in miniature
+reproduce-fig5-gpu:     ## Figure 5 sized for one GPU (the runs of reproduce-table3-gpu)
 
 $(REPRODUCE): reproduce-%: install
 	$(call reproduce,$*,paper)

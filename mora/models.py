@@ -83,8 +83,9 @@ def local_bpe_tokenizer(files: str | list[str], vocab_size: int, cache_dir: str 
         missing = vocab_size - core.get_vocab_size()
         if missing > 0:
             core.add_special_tokens([f"<extra_id_{i}>" for i in range(missing)])
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        core.save(str(cached))
+        from .runs import write_text_atomic  # parallel runs of a grid train it at once: never read half a file
+
+        write_text_atomic(cached, core.to_str())
     return PreTrainedTokenizerFast(
         tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
     )

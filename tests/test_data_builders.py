@@ -403,3 +403,27 @@ def test_a_cache_whose_keys_differ_is_refused(tmp_path, tok):
     meta_path.parent.joinpath("train.tokens.bin").write_bytes(b"\0\0")
     with pytest.raises(ValueError, match=r"is damaged \(train.tokens.bin\); delete the directory"):
         build("tulu_v2", tok, source, tmp_path / "cache").train_dataset()
+
+
+def test_the_local_bpe_is_trained_once_and_cached_whole(tmp_path, monkeypatch):
+    """A grid's parallel runs all train the tokenizer of llama_*_local at once: the cache file appears
+    whole or not at all (written through a renamed temporary), and the cached one is the trained one."""
+    import tokenizers
+
+    from mora.data.cache import tokenizer_fingerprint
+    from mora.models import local_bpe_tokenizer
+
+    text = tmp_path / "a.txt"
+    text.write_text("It is a truth universally acknowledged, that a single man in possession of a good fortune.\n" * 20)
+    cache = tmp_path / "cache"
+    with monkeypatch.context() as patch:
+        patch.setattr("mora.runs.os.fsync", lambda fd: (_ for _ in ()).throw(OSError("disk full")))
+        with pytest.raises(OSError, match="disk full"):
+            local_bpe_tokenizer(str(text), 400, str(cache))
+    assert [p for p in cache.rglob("*") if p.is_file()] == []  # no half-written tokenizer.json, no temporary
+    trained = local_bpe_tokenizer(str(text), 400, str(cache))
+    assert len(trained) == 400 and len(list(cache.rglob("tokenizer.json"))) == 1
+    monkeypatch.setattr(tokenizers.Tokenizer, "train", lambda *a, **k: pytest.fail("trained again"))
+    cached = local_bpe_tokenizer(str(text), 400, str(cache))
+    assert tokenizer_fingerprint(cached) == tokenizer_fingerprint(trained)
+    assert cached("a single man")["input_ids"] == trained("a single man")["input_ids"]

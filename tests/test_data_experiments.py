@@ -128,3 +128,29 @@ def test_paper_scale_experiments_carry_table5(experiment):
     mini = compose([f"experiment={experiment}_mini"])
     assert mini.model.name == "tiny_llama" and mini.train.schedule == schedule
     assert OmegaConf.to_container(mini, resolve=True)
+
+
+@pytest.mark.skipif(not SHARED_TEXT.is_dir(), reason="../shared/data is not beside the checkout")
+def test_the_gpu_pretraining_experiment_trains_shrunk_on_cpu(tmp_path, caplog):
+    """c4_gpu (Table 3's gpu section) as the GPU runs it, only narrower and shorter: its own 32100-token
+    BPE (trained on a slice of the local text, padded with extra ids), bf16 autocast over fp32 weights,
+    ReMoRA merging inside the run, perplexity and the Figure 5 spectrum recorded."""
+    corpus = tmp_path / "text"
+    corpus.mkdir()
+    for source in sorted(SHARED_TEXT.glob("*.txt")):  # 40 kB a file: the BPE trains in well under a second
+        (corpus / source.name).write_text(source.read_text()[:40_000])
+    shrunk = ["model.network.hidden_size=32", "model.network.num_layers=2", "model.network.num_heads=4",
+              "model.network.intermediate_size=64", "method.r=8"]
+    steps = ["train.max_steps=4", "train.warmup_steps=1", "method.merge_every=2", "method.rewarm_steps=1",
+             "eval.steps=[2,4]", "eval.metric.max_sequences=4", "eval.metric.batch_size=4", "data.builder.max_length=64"]
+    with caplog.at_level("INFO", logger="mora"):
+        metrics = run(tmp_path / "cache", tmp_path / "runs", "c4_gpu", "method=remora", "benchmark=spectrum",
+                      f"data.builder.source={corpus}/*.txt", f"model.tokenizer.files={corpus}/*.txt", *shrunk, *steps)
+    assert metrics["status"] == "completed" and metrics["summary"]["max_steps"] == 4
+    assert [e["step"] for e in metrics["evals"]] == [2, 4] and all(math.isfinite(e["perplexity"]) for e in metrics["evals"])
+    assert [m.split(":")[0] for m in caplog.messages if m.startswith("restart at step")] == ["restart at step 2"]
+    (config,) = (tmp_path / "runs" / "c4_gpu").glob("*/config.json")
+    recorded = json.loads(config.read_text())
+    assert (recorded["train"]["precision"], recorded["model"]["network"]["dtype"]) == ("bf16", "float32")
+    assert metrics["budget"]["trainable_total"] > metrics["budget"]["adapter_total"] + 2 * 32100 * 32  # embeddings, head
+    assert set(metrics["spectrum"]["by_type"]) == {"q", "k", "v", "o", "up", "down", "gate"}
