@@ -84,7 +84,7 @@ def grid_cells(spec: Spec, sections: list[Section], runs_dir: str | Path, extra:
                 group, row = slot.group, slot.row
                 columns = [c for c in section.columns if c.group == group.name]
                 scores = [c.metric for c in columns if c.step is None and c.metric != "train_loss"]
-                rule = group.select or section.select or spec.select or {}
+                rule = spec.rule(section, group)
                 for candidate, run in slot.runs():
                     composer.check(run.overrides, spec.where(section.name, row.label, group.name))
                     if run.path in cells:
@@ -179,11 +179,16 @@ def common_overrides(spec: Spec, runs_dir: Path) -> list[str]:
     return [f"paths.runs_dir={store}", f"artifact={spec.artifact}"]
 
 
+def threads_per_run(jobs: int) -> int:
+    """The CPU threads each local run gets: OMP_NUM_THREADS where set, else this machine's cores shared by the workers."""
+    return int(os.environ.get("OMP_NUM_THREADS") or 0) or max(1, (os.cpu_count() or 1) // max(1, jobs))
+
+
 def run_local(todo: list[Cell], out: Path, jobs: int, common: list[str]) -> int:
     """The work queue (mora/launching/queue.py), each run a `python -m mora.train` logging to logs/."""
     env = dict(os.environ)
     if jobs > 1 and "OMP_NUM_THREADS" not in env:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+        env["OMP_NUM_THREADS"] = str(threads_per_run(jobs))
     (out / "logs").mkdir(parents=True, exist_ok=True)
     running: dict[int, subprocess.Popen] = {}
 
@@ -271,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.sweep:
             print_sweeps(spec, args.section, args.override, args.launcher)
             return 0
-        cells = expand(args.spec, args.section, runs_dir, args.override)
+        cells = grid_cells(spec, [spec.section(name) for name in args.section], runs_dir, args.override)
         config = args.resources if args.launcher == "sbatch" else args.launcher
         settings = launcher_settings(config, args.hydra) if args.launcher != "local" else {}
     except ValueError as exc:
@@ -283,8 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             cell.status, cell.detail = "queued", why
     todo = to_launch(cells, args.rerun_stale)
     if args.launcher == "local":
-        threads = max(1, (os.cpu_count() or 1) // max(1, min(args.jobs, len(todo) or 1)))
-        resources, gpus = f"this machine, {args.jobs} at a time, {threads} CPU thread(s) each, no time limit", 0
+        resources = f"this machine, {args.jobs} at a time, {threads_per_run(args.jobs)} CPU thread(s) each, no time limit"
+        gpus = 0
     else:
         resources = resources_text(settings) + f" (conf/launcher/{config}.yaml)"
         gpus = int(settings.get("gpus_per_node") or 0) * int(settings.get("nodes") or 1)

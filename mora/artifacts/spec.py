@@ -94,6 +94,10 @@ class Spec:
     def where(self, *parts: str) -> str:
         return f"{self.path}: " + " / ".join(p for p in parts if p)
 
+    def rule(self, section: Section, group: Group) -> dict:
+        """The selection rule in force for a column group: its own `select`, else the section's, else the spec's."""
+        return group.select or section.select or self.select or {}
+
 
 def _list(value: Any, what: str) -> list:
     if value is None:

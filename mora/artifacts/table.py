@@ -57,7 +57,7 @@ def _mean(values: list[float]) -> float | None:
 def choose(spec: Spec, section: Section, group: Group, candidates: list[Candidate]) -> Candidate | None:
     """The best candidate by the selection rule (module docstring); None when none has a finished run
     with the metric."""
-    rule = group.select or section.select or spec.select or {}
+    rule = spec.rule(section, group)
     mode = rule.get("mode", "max")
     if mode not in ("max", "min"):
         raise ValueError(f"{spec.path}: select.mode must be max or min, got {mode!r}")
