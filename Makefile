@@ -87,7 +87,7 @@ reproduce-table3-mini:  ## Table 3 in miniature: tiny LLaMAs pretrained on ../sh
 reproduce-table4:       ## Table 4: MoRA's compression kinds on MetaMath -> GSM8K, r 8 and 256
 reproduce-table4-mini:  ## Table 4 in miniature (MetaMathQA / GSM8K fixtures)
 reproduce-table2-gpu:   ## Table 2 sized for one GPU (2,000 pairs, hidden 256 x 4), 3 seeds, LR grids (docs/results.md)
-reproduce-table3-gpu:   ## Table 3 sized for one GPU: the 250M shape from scratch on ../shared/data, 400 steps, 2 seeds (JOBS=8)
+reproduce-table3-gpu:   ## Table 3 sized for one GPU: the 250M shape from scratch on ../shared/data, 400 steps, 2 seeds (JOBS=4: 9 min)
 reproduce-table4-gpu:   ## Table 4 sized for one GPU, on Table 2's GPU UUID task
 reproduce-fig2:         ## Figure 2: UUID loss curves, FFT and LoRA r 8..256
 reproduce-fig2-mini:    ## Figure 2 in miniature

@@ -7,7 +7,9 @@ precision policy (bf16 base, fp32 adapters, bf16 autocast), the fused adapter pa
 builders and seed, wraps it with peft (fp32 adapter weights, its default) and trains it with a plain
 `transformers.Trainer` at the same batch, precision and step count; compiled, its blocks are compiled
 the same way (per decoder layer). The frozen base (forward + backward to the inputs, no trainable
-weight) is timed by a plain loop as the floor. Both sides are timed by the same Trainer callback
+weight) is timed by a plain loop as the floor. No side builds a KV cache (`use_cache` off, as in
+`mora.train`), and Dynamo is reset between rows: a compiled block guards on the cache's per-layer
+state, and a row that exhausts the recompile limit leaves later rows running eager. Both sides are timed by the same Trainer callback
 (`mora.training.speed.Throughput`: optimizer steps after the first, synchronised). Tokens/s is taken
 from the median step (a one-off stall, seen once per run on the eager LoRA r8 path, is not the steady
 state); the mean over the timed steps is kept beside it (`tokens_per_second_mean`).
@@ -133,6 +135,9 @@ def flops_per_token(model, seq: int) -> float:
 
 
 def free() -> None:
+    """Between rows: memory back, and Dynamo's caches emptied, so that no row inherits another's compiled
+    code or its recompile count (Dynamo keeps both per code object, shared by every model in the process)."""
+    torch._dynamo.reset()
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -149,7 +154,7 @@ def run_peft(cfg, options: dict, compiled: bool, out: str) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainingArguments
 
-    from mora.training.speed import Throughput, compile_blocks
+    from mora.training.speed import Throughput, compile_blocks, without_kv_cache
 
     task, model = build_base(cfg)
     model = get_peft_model(model, LoraConfig(target_modules=TARGET_MODULES, lora_dropout=0.0, **options))
@@ -177,7 +182,8 @@ def run_peft(cfg, options: dict, compiled: bool, out: str) -> dict:
         data_collator=task.collator(),
         callbacks=[Throughput(metrics)],
     )
-    trainer.train()
+    with without_kv_cache(model):  # as mora.train does: no side builds a KV cache it never reads
+        trainer.train()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     del trainer, model
     return {**metrics["throughput"], "trainable": trainable, "optimizer": args.optim}
@@ -188,6 +194,7 @@ def run_floor(cfg, compiled: bool) -> dict:
     from mora.training.speed import compile_blocks
 
     task, model = build_base(cfg)
+    model.config.use_cache = False  # as mora.train does while training
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).requires_grad_(False).train()
     model.enable_input_require_grads()

@@ -168,6 +168,27 @@ def test_figures_are_drawn(tmp_path, ids, kind):
         assert "| LoRA | 4 | 5.5 ± 0.7 / 9.9 | 8.0 ± 1.4 / 54.2 |" in result["markdown"]
 
 
+@pytest.mark.parametrize("width", [6.5, 8.0])
+def test_a_long_title_stays_inside_the_figure(width):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from mora.render.figures import wrapped
+
+    title = ("Figure 4: pretraining loss, LoRA / MoRA / ReLoRA / ReMoRA at equal budget (r 128; miniature r 8), "
+             "the 250M shape from scratch on local text (gpu)")
+    fig = plt.figure(figsize=(width, 4.5))
+    edges = []
+    for text in (title, wrapped(title, fig)):
+        shown = fig.suptitle(text, fontsize=10)
+        fig.canvas.draw()
+        box = shown.get_window_extent()
+        edges.append(box.x0 >= fig.bbox.x0 and box.x1 <= fig.bbox.x1)
+    plt.close(fig)
+    assert edges == [False, True]  # as one line it is cut off; wrapped it fits
+
+
 def test_curves_average_the_seeds():
     runs = [SimpleNamespace(completed=True, metrics={"train_loss": [[1, 4.0], [2, 3.0], [3, 2.0]]}),
             SimpleNamespace(completed=True, metrics={"train_loss": [[1, 2.0], [2, 1.0]]}),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import textwrap
 from pathlib import Path
 
 from ..artifacts.store import Run
@@ -28,6 +29,13 @@ def mean_curve(runs: list[Run]) -> tuple[list[float], list[float]]:
     return steps, [statistics.fmean(c[s] for c in curves) for s in steps]
 
 
+def wrapped(title: str, fig, fontsize: float = 10) -> str:
+    """The title broken into lines that fit the figure's width (a long spec title is otherwise cut off at
+    both edges of a one-panel figure)."""
+    chars_per_inch = 144 / fontsize  # ~0.5 em per character at 72 points an inch
+    return textwrap.fill(title, width=max(20, int(fig.get_figwidth() * chars_per_inch * 0.9)))
+
+
 def plot_curves(table: Table, path: Path, title: str | None = None) -> Path:
     plt = _plt()
     groups = list(table.section.groups.values())
@@ -44,7 +52,7 @@ def plot_curves(table: Table, path: Path, title: str | None = None) -> Path:
         ax.set_ylabel("training loss")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(title or f"{table.spec.title} ({table.section.name})", fontsize=10)
+    fig.suptitle(wrapped(title or f"{table.spec.title} ({table.section.name})", fig), fontsize=10)
     fig.tight_layout()
     return _save(fig, path, plt)
 
@@ -61,7 +69,7 @@ def plot_spectrum(table: Table, path: Path) -> Path:
         ax.bar(xs, [c.value or 0.0 for c in cells], width, label=row.label + (" (no run)" if missing else ""))
     ax.set_xticks(range(len(section.columns)), [c.label for c in section.columns])
     ax.set_ylabel("singular values > 0.1 (mean over layers)")
-    ax.set_title(f"{table.spec.title} ({section.name})", fontsize=10)
+    ax.set_title(wrapped(f"{table.spec.title} ({section.name})", fig), fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
