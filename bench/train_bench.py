@@ -9,8 +9,9 @@ builders and seed, wraps it with peft (fp32 adapter weights, its default) and tr
 the same way (per decoder layer). The frozen base (forward + backward to the inputs, no trainable
 weight) is timed by a plain loop as the floor. No side builds a KV cache (`use_cache` off, as in
 `mora.train`), and Dynamo is reset between rows: a compiled block guards on the cache's per-layer
-state, and a row that exhausts the recompile limit leaves later rows running eager. Both sides are timed by the same Trainer callback
-(`mora.training.speed.Throughput`: optimizer steps after the first, synchronised). Tokens/s is taken
+state, and a row that exhausts the recompile limit leaves later rows running eager. Both sides are
+timed by the same Trainer callback (`mora.training.speed.Throughput`: optimizer steps after the first,
+synchronised). Tokens/s is taken
 from the median step (a one-off stall, seen once per run on the eager LoRA r8 path, is not the steady
 state); the mean over the timed steps is kept beside it (`tokens_per_second_mean`).
 
