@@ -161,7 +161,8 @@ def launch_dir_for(runs_dir: Path, artifact: str, sections: list[str], create: b
 
 
 def write_manifest(path: Path, cells: list[Cell], common: list[str]) -> None:
-    """manifest.txt (task i = line i) and cells.json beside it."""
+    """The launch directory: manifest.txt (task i = line i), cells.json beside it, logs/."""
+    (path / "logs").mkdir(parents=True, exist_ok=True)
     lines = [" ".join(shlex.quote(o) for o in [*cell.overrides, *common]) for cell in cells]
     tmp = path / ".manifest.txt.tmp"
     tmp.write_text("\n".join(lines) + "\n")
@@ -170,6 +171,7 @@ def write_manifest(path: Path, cells: list[Cell], common: list[str]) -> None:
               "cells": [{"label": c.label, "experiment": c.experiment, "run_id": c.run_id, "path": str(c.path),
                          "overrides": c.overrides, "status": c.status, "extra": c.extra} for c in cells]}
     (path / "cells.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    print(f"manifest: {path / 'manifest.txt'} ({len(cells)} lines); logs: {path / 'logs'}/", flush=True)
 
 
 def common_overrides(spec: Spec, runs_dir: Path) -> list[str]:
@@ -189,7 +191,6 @@ def run_local(todo: list[Cell], out: Path, jobs: int, common: list[str]) -> int:
     env = dict(os.environ)
     if jobs > 1 and "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(threads_per_run(jobs))
-    (out / "logs").mkdir(parents=True, exist_ok=True)
     running: dict[int, subprocess.Popen] = {}
 
     def work(job: Job) -> tuple[str, str]:
@@ -223,7 +224,6 @@ def launch_here(spec: Spec, sections: list[str], todo: list[Cell], runs_dir: Pat
     """Write the launch's manifest and run it through the local work queue."""
     out, common = launch_dir_for(runs_dir, spec.artifact, sections), common_overrides(spec, runs_dir)
     write_manifest(out, todo, common)
-    print(f"manifest: {out / 'manifest.txt'} ({len(todo)} lines); logs: {out / 'logs'}/", flush=True)
     return run_local(todo, out, jobs, common)
 
 
@@ -318,9 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.launcher == "local":
         rc = launch_here(spec, args.section, todo, runs_dir, args.jobs)
     else:
-        out.mkdir(parents=True)
         write_manifest(out, todo, common)
-        print(f"manifest: {out / 'manifest.txt'} ({len(todo)} lines)", flush=True)
         if args.launcher != "sbatch":
             rc, job_ids = run_submitit(out, args.launcher, args.hydra, spec.artifact)
         else:

@@ -21,14 +21,14 @@ from .spec import Column, Group, Row, Section, Spec
 from .store import Run, seedless_key
 
 
-def run_key(run: Path, key: str) -> Any:
-    summary = read_json(run / METRICS_NAME).get("summary") or {}
+def run_key(run: Run, key: str) -> Any:
+    summary = (run.metrics or {}).get("summary") or {}
     if key in summary:
         return summary[key]
-    node: Any = read_json(run / CONFIG_NAME)
+    node: Any = run.composed.config
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
-            raise ValueError(f"{run}: no key {key!r} (a summary key: {', '.join(sorted(summary))}; or a dotted config key)")
+            raise ValueError(f"{run.path}: no key {key!r} (a summary key: {', '.join(sorted(summary))}; or a dotted config key)")
         node = node[part]
     return node
 
@@ -56,7 +56,7 @@ def table_from_runs(paths: list[Path], rows: list[str], metrics: list[str], step
         point = seedless_key(identity) if identity else path.name
         run = Run(int(config.get("seed", 0)), [], Composed(path.parent.name, path.name, results_versions(config), config, identity),
                   path, store=path.parent.parent).load()
-        label = tuple(canonical(run_key(path, k)) for k in rows)
+        label = tuple(canonical(run_key(run, k)) for k in rows)
         by_row.setdefault(label, {}).setdefault(point, []).append(run)
     name = " ".join(str(p) for p in paths)
     group = Group("main", runs[0].parent.name)

@@ -99,14 +99,13 @@ class Composer:
         if key in self.checked:
             return
         from ..schema import check_config
+        from ..training.trainer import grad_accumulation
 
-        container = self.compose(list(key), where).config  # the method's options are checked here (its id)
+        self.compose(list(key), where)  # the method's options are checked here (its id)
         try:
-            train = container["train"]
-            if train["batch_size"] % train["micro_batch_size"]:
-                raise ValueError(f"train.batch_size={train['batch_size']} is not a multiple of "
-                                 f"train.micro_batch_size={train['micro_batch_size']}")
-            check_config(self.dict_config(list(key), where))
+            cfg = self.dict_config(list(key), where)
+            grad_accumulation(cfg.train)
+            check_config(cfg)
         except ValueError as exc:
             raise ValueError(f"{where} ({' '.join(overrides)}) is not a valid run: {exc}\n"
                              "fix the spec's overrides (or --override) before launching") from None

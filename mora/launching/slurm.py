@@ -193,7 +193,6 @@ def run_submitit(out: Path, launcher: str, hydra_args: list[str], artifact: str)
 
 
 def run_sbatch(cmd: list[str], out: Path, tasks: int, wait: bool) -> tuple[int, set[str]]:
-    (out / "logs").mkdir(exist_ok=True)
     print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
     proc = _run(cmd, cwd=ROOT, timeout=120)
     if proc.returncode:
